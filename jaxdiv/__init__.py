@@ -1,0 +1,35 @@
+"""jaxdiv: NaN-safe, log-space cross-entropy and KL divergences for JAX.
+
+Every function takes the model's logits first and the target second, reduces
+over the class ``axis`` and returns per-example values in float32 (float64 for
+float64 input). See the README for the numerical contract.
+"""
+
+from jaxdiv._binary import binary_cross_entropy, binary_kl_divergence
+from jaxdiv._categorical import (
+    cross_entropy,
+    entropy,
+    jensen_shannon_divergence,
+    kl_divergence,
+    kl_divergence_with_log_targets,
+    reverse_kl_divergence,
+    soft_cross_entropy,
+    soft_cross_entropy_with_log_targets,
+)
+from jaxdiv._validation import check_labels
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "binary_cross_entropy",
+    "binary_kl_divergence",
+    "check_labels",
+    "cross_entropy",
+    "entropy",
+    "jensen_shannon_divergence",
+    "kl_divergence",
+    "kl_divergence_with_log_targets",
+    "reverse_kl_divergence",
+    "soft_cross_entropy",
+    "soft_cross_entropy_with_log_targets",
+]

@@ -1,0 +1,5 @@
+"""Placeholder replaced in the next commit."""
+
+
+def main(quick: bool = False, markdown: str | None = None) -> int:
+  raise NotImplementedError

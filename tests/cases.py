@@ -1,0 +1,94 @@
+"""One table describing every public loss: how to call it and its float64 reference.
+
+``test_api.py`` iterates over ``jaxdiv.__all__`` and fails for a public
+function that has no entry here, so a new loss cannot skip the contract tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable
+
+import numpy as np
+
+import jaxdiv
+import reference as ref
+
+NEG_INF = -np.inf
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+  """How to exercise one loss.
+
+  Attributes:
+    fn: the jaxdiv function.
+    reference: float64 reference with the same positional arguments.
+    target: "labels" (integer), "probs" (on the simplex along the last axis),
+      "binary_probs" (elementwise in [0, 1]), "logits" or None (no target).
+    kwargs: extra keyword arguments for both.
+  """
+
+  fn: Callable[..., Any]
+  reference: Callable[..., Any]
+  target: str | None
+  kwargs: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def differentiable_args(self) -> tuple[int, ...]:
+    return (0,) if self.target in (None, "labels") else (0, 1)
+
+
+CASES: dict[str, Case] = {
+    "cross_entropy": Case(jaxdiv.cross_entropy, ref.cross_entropy, "labels"),
+    "soft_cross_entropy": Case(jaxdiv.soft_cross_entropy, ref.soft_cross_entropy, "probs"),
+    "soft_cross_entropy_with_log_targets": Case(
+        jaxdiv.soft_cross_entropy_with_log_targets,
+        lambda z, t, **kw: ref.soft_cross_entropy(z, np.exp(ref.log_softmax(t, **kw)), **kw),
+        "logits",
+    ),
+    "kl_divergence": Case(jaxdiv.kl_divergence, ref.kl_divergence, "probs"),
+    "kl_divergence_with_log_targets": Case(
+        jaxdiv.kl_divergence_with_log_targets, ref.kl_divergence_with_log_targets, "logits"
+    ),
+    "reverse_kl_divergence": Case(jaxdiv.reverse_kl_divergence, ref.reverse_kl_divergence, "logits"),
+    "jensen_shannon_divergence": Case(
+        jaxdiv.jensen_shannon_divergence, ref.jensen_shannon_divergence, "logits"
+    ),
+    "jensen_shannon_divergence_beta_0.1": Case(
+        jaxdiv.jensen_shannon_divergence, ref.jensen_shannon_divergence, "logits", {"beta": 0.1}
+    ),
+    "entropy": Case(jaxdiv.entropy, ref.entropy, None),
+    "binary_cross_entropy": Case(jaxdiv.binary_cross_entropy, ref.binary_cross_entropy, "binary_probs"),
+    "binary_kl_divergence": Case(jaxdiv.binary_kl_divergence, ref.binary_kl_divergence, "logits"),
+}
+
+# Public names that are not losses of (logits, target); each is tested in its own module.
+NOT_LOSSES = {"check_labels"}
+
+
+def make_inputs(case: Case, rng: np.random.Generator, shape=(3, 5), scale=2.0):
+  """Random float64 inputs for ``case``: (logits, target) or (logits,)."""
+  logits = rng.normal(size=shape) * scale
+  if case.target is None:
+    return (logits,)
+  if case.target == "labels":
+    return logits, rng.integers(0, shape[-1], size=shape[:-1])
+  if case.target == "probs":
+    return logits, _softmax(rng.normal(size=shape) * scale)
+  if case.target == "binary_probs":
+    return logits, rng.uniform(size=shape)
+  return logits, rng.normal(size=shape) * scale
+
+
+def _softmax(x):
+  e = np.exp(x - x.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def call(case: Case, *args, **kwargs):
+  return case.fn(*args, **case.kwargs, **kwargs)
+
+
+def call_reference(case: Case, *args, **kwargs):
+  return np.asarray(case.reference(*args, **case.kwargs, **kwargs))
