@@ -224,7 +224,7 @@ def _kl_rows_parts(target, logits, axis, target_is_log):
   exact, whereas ``log q - log p`` from two separately rounded log-softmaxes
   carries ~1e-6 of noise per class, whose square alone is 1e-4 of a KL of 5e-9.
   The rounding left in the constant is then removed by renormalising
-  ``q' = p e^d`` (on the support of p; q off it) to total mass 1.
+  ``q' = p e^d`` (on the support of p; q off it) to the mass of p.
   """
   log_q, shift_z, log_sum_z = log_softmax(logits, axis)
   if target_is_log:
@@ -240,9 +240,13 @@ def _kl_rows_parts(target, logits, axis, target_is_log):
   offset = jnp.where(jnp.isfinite(offset), offset, 0)
   d = jnp.where(support, (logits - jnp.where(support, raw_t, 0)) - offset, 0)
   q_out = jnp.where(support, 0, jnp.exp(log_q))
+  # Normalise q' to the computed mass of p (1 up to rounding), not to 1: then
+  # equal logits give d = 0 and KL exactly 0, and for a target whose mass S is
+  # not exactly 1 the value is S·KL(p/S ‖ q).
   mass = jnp.sum(jnp.where(support, jnp.exp(log_p + d), q_out), axis=axis, keepdims=True)
-  mass = jnp.where(mass > 0, mass, 1)
-  d, q_out = d - jnp.log(mass), q_out / mass
+  p_mass = jnp.sum(p, axis=axis, keepdims=True)
+  ratio = jnp.where((mass > 0) & (p_mass > 0), mass / jnp.where(p_mass > 0, p_mass, 1), 1)
+  d, q_out = d - jnp.log(ratio), q_out / ratio
   terms = _kl_term(p, log_p, d, q_out, support)
   return jnp.sum(terms, axis=axis), p, log_p, log_q, support
 
@@ -259,8 +263,9 @@ def kl_rows(target: jax.Array, logits: jax.Array, axis: int, target_is_log: bool
     target_is_log: how ``target`` is given.
 
   Returns:
-    ``logits.shape`` without ``axis``: ``Σ p log(p/q) - Σ p + 1``, which is
-    KL(p‖q) for normalised ``p`` and never negative.
+    ``logits.shape`` without ``axis``: ``S·KL(p/S ‖ q)`` with ``S = Σ p``, which
+    is KL(p‖q) for normalised ``p`` (and agrees with ``Σ p log(p/q) - S + 1`` to
+    second order in ``S - 1``); never negative, exactly 0 for equal logits.
 
   Derivatives (analytic): ``∂/∂z = q - p``; ``∂/∂t = p (log p - log q - KL)``
   for logit targets; ``∂/∂p = log p - log q`` for probability targets, defined
