@@ -204,7 +204,10 @@ def log_mix(log_p: jax.Array, log_q: jax.Array, beta: float) -> jax.Array:
 @log_mix.defjvp
 def _log_mix_jvp(beta, primals, tangents):
   (log_p, log_q), (dlog_p, dlog_q) = primals, tangents
-  a, b, log_m = _log_mix_parts(log_p, log_q, beta)
+  a, b, _ = _log_mix_parts(log_p, log_q, beta)
+  # log m through the custom function, so that second derivatives use this rule
+  # too (differentiating the plain formula at p = q = 0 gives 0 · inf = NaN).
+  log_m = log_mix(log_p, log_q, beta)
   empty = log_m == _NEG_INF
   w_p = jnp.exp(jnp.where(empty, _NEG_INF, a - log_m))
   w_q = jnp.exp(jnp.where(empty, _NEG_INF, b - log_m))

@@ -1,0 +1,90 @@
+"""Each promise of the shared kernel, tested at the point it is about.
+
+jax's own primitives break these at exactly these points (log_softmax of an
+all -inf row is NaN; logaddexp and xlogy have NaN derivatives at (-inf, -inf)
+and (0, 0)); jaxdiv's kernels must not.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from jaxdiv import _kernels
+
+NEG_INF = -jnp.inf
+
+
+def _all_finite(tree) -> bool:
+  return all(bool(jnp.all(jnp.isfinite(x))) for x in jax.tree.leaves(tree))
+
+
+def test_log_softmax_of_an_all_minus_inf_row_is_minus_inf_with_zero_derivatives():
+  x = jnp.array([[NEG_INF, NEG_INF, NEG_INF], [0.0, NEG_INF, 1.0]])
+  log_probs, shift, log_sum = _kernels.log_softmax(x, 1)
+  assert not np.any(np.isnan(log_probs))
+  assert np.all(log_probs[0] == NEG_INF) and log_sum[0, 0] == NEG_INF and shift[0, 0] == 0
+  f = lambda a: jnp.sum(jnp.exp(_kernels.log_softmax(a, 1)[0]) * jnp.array([[1.0, 2.0, 3.0]]))
+  for d in (jax.grad(f)(x), jax.jacfwd(f)(x), jax.hessian(f)(x)):
+    assert _all_finite(d)
+  np.testing.assert_array_equal(jax.grad(f)(x)[0], 0.0)
+
+
+def test_log_softmax_keeps_the_log_sum_apart_from_a_1e30_shift():
+  log_probs, shift, log_sum = _kernels.log_softmax(jnp.array([1e30, 1e30, 0.0]), 0)
+  np.testing.assert_allclose(log_probs, [-np.log(2), -np.log(2), -1e30], rtol=1e-7)
+  assert shift[0] == 1e30 and np.isclose(log_sum[0], np.log(2))
+
+
+def test_mul_safe_zero_times_infinity_is_zero_with_finite_derivatives_of_all_orders():
+  x, y = jnp.array([0.0, 0.0, 2.0]), jnp.array([NEG_INF, 3.0, 5.0])
+  np.testing.assert_array_equal(_kernels.mul_safe(x, y), [0.0, 0.0, 10.0])
+  f = lambda a, b: jnp.sum(_kernels.mul_safe(a, b))
+  gx, gy = jax.grad(f, (0, 1))(x, y)
+  np.testing.assert_array_equal(gx, [0.0, 3.0, 5.0])  # ∂/∂x = y, except 0 at (0, ±inf)
+  np.testing.assert_array_equal(gy, [0.0, 0.0, 2.0])
+  assert _all_finite(jax.hessian(f, (0, 1))(x, y))
+  assert _all_finite(jax.jvp(f, (x, y), (jnp.ones(3), jnp.ones(3))))
+
+
+def test_log_mix_of_two_zero_probabilities_is_minus_inf_with_zero_derivatives():
+  lp, lq = jnp.array([NEG_INF, 0.0, -1.0]), jnp.array([NEG_INF, NEG_INF, -2.0])
+  out = _kernels.log_mix(lp, lq, 0.25)
+  with np.errstate(divide="ignore"):
+    want = np.log(0.25 * np.exp(np.array([-np.inf, 0.0, -1.0])) + 0.75 * np.exp(np.array([-np.inf, -np.inf, -2.0])))
+  np.testing.assert_allclose(out, want, rtol=1e-7)
+  f = lambda a, b: jnp.sum(jnp.exp(_kernels.log_mix(a, b, 0.25)))
+  ga, gb = jax.grad(f, (0, 1))(lp, lq)
+  assert ga[0] == 0 and gb[0] == 0 and _all_finite((ga, gb))
+  assert _all_finite(jax.hessian(f, (0, 1))(lp, lq))
+
+
+@pytest.mark.parametrize("d", [1e-6, -1e-4, 0.01, 0.2, -0.24, 0.3, -0.9, 3.0, -30.0, 80.0])
+def test_kl_term_is_accurate_for_every_log_ratio(d):
+  # p (e^d - 1 - d) for p = 0.3, against float64.
+  p = 0.3
+  lq = np.float32(np.log(p) + d)
+  got = float(_kernels.kl_terms(jnp.float32(np.log(p)), jnp.float32(lq), True))
+  dd = np.float64(lq) - np.float64(np.float32(np.log(p)))
+  want = p * (np.expm1(dd) - dd)
+  np.testing.assert_allclose(got, want, rtol=3e-6)
+
+
+def test_kl_terms_with_zero_target_are_the_model_mass_with_finite_derivatives():
+  p, lq = jnp.array([0.0, 0.0, 0.5]), jnp.array([-1.0, NEG_INF, NEG_INF])
+  np.testing.assert_allclose(_kernels.kl_terms(p, lq, False), [np.exp(-1.0), 0.0, np.inf])
+  p, lq = p[:2], lq[:2]  # (the third term, p > 0 = q, is truly infinite)
+  f = lambda a, b: jnp.sum(_kernels.kl_terms(a, b, False))
+  assert _all_finite(jax.grad(f, (0, 1))(p, lq))
+  assert _all_finite(jax.hessian(f, (0, 1))(p, lq))
+
+
+def test_kl_rows_is_exactly_zero_for_equal_logits_and_has_analytic_derivatives():
+  rng = np.random.default_rng(0)
+  z = jnp.asarray(rng.normal(size=(3, 50)), jnp.float32)
+  np.testing.assert_array_equal(_kernels.kl_rows(z, z, 1, True), 0.0)
+  t = jnp.asarray(rng.normal(size=(3, 50)), jnp.float32)
+  g = jax.grad(lambda a: jnp.sum(_kernels.kl_rows(t, a, 1, True)))(z)
+  np.testing.assert_allclose(g, jax.nn.softmax(z) - jax.nn.softmax(t), atol=1e-7)
