@@ -17,16 +17,25 @@ Shared numerical contract (tested in ``tests/test_categorical.py``):
 * Logits of magnitude up to ``1e30`` keep float32 relative accuracy; a truly
   infinite answer (target mass on a ``-inf`` logit) is ``+inf``, never NaN.
 * bfloat16/float16 inputs are accumulated and returned in float32.
+* ``reduction`` (``"none"``, ``"sum"``, ``"mean"``, ``"batchmean"``) and
+  ``normalizer`` go through the one helper in :mod:`jaxdiv._reduction`: a row
+  counts towards ``"mean"`` if any of its classes is unmasked (and its label is
+  not ``ignore_index``); an all-masked batch gives 0 with zero gradient.
 """
 
 from __future__ import annotations
+
+import operator
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxdiv import _kernels
+from jaxdiv import _reduction
 from jaxdiv import _validation as v
+from jaxdiv._reduction import Reduction
 
 _INT_HINT = "For integer class labels use jaxdiv.cross_entropy."
 _PROB_HINT = "For probability targets use jaxdiv.soft_cross_entropy."
@@ -57,55 +66,237 @@ def _pair(logits, target, target_name, axis, where, hint):
   return x, t, ax, mask
 
 
+def _reduce(loss, mask, ax, reduction, normalizer):
+  """Reduces per-example ``loss``; a row counts towards the mean if any class is unmasked."""
+  weight = None if mask is None else jnp.any(mask, axis=ax).astype(loss.dtype)
+  return _reduction.reduce(loss, reduction, weight=weight, normalizer=normalizer)
+
+
+# --------------------------------------------------------------------------- #
+# Training options shared by the cross-entropies
+# --------------------------------------------------------------------------- #
+
+
+def _concrete(name: str, value, lo: float, hi: float | None = None) -> float:
+  """A static Python float option in ``[lo, hi]`` (it selects the formula)."""
+  try:
+    value = float(value)
+  except (TypeError, jax.errors.ConcretizationTypeError) as e:
+    raise TypeError(f"{name} must be a concrete Python float; got {value!r}.") from e
+  if not (value >= lo and (hi is None or value <= hi)):
+    bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+    raise ValueError(f"{name} must be {bound}; got {value}.")
+  return value
+
+
+def _soft_capped(x: jax.Array, mask: jax.Array | None, soft_cap: float | None) -> jax.Array:
+  """Masked logits (-inf), then ``c·tanh(z/c)`` on the rest; ``-inf`` stays ``-inf``.
+
+  Masking first keeps NaN in masked entries out of ``tanh`` and its derivative.
+  """
+  z = _masked(x, mask, -jnp.inf)
+  if soft_cap is None:
+    return z
+  cap = _concrete("soft_cap", soft_cap, 0.0)
+  if cap == 0.0:
+    raise ValueError("soft_cap must be positive (or None for no capping); got 0.0.")
+  off = z == -jnp.inf
+  c = jnp.asarray(cap, z.dtype)
+  return jnp.where(off, z, c * jnp.tanh(jnp.where(off, jnp.zeros_like(z), z) / c))
+
+
+def _log_softmax_lse(z: jax.Array, ax: int) -> tuple[jax.Array, jax.Array]:
+  """Log-probabilities and the per-row logsumexp (``-inf`` for an empty row)."""
+  log_probs, shift, log_sum = _kernels.log_softmax(z, ax)
+  return log_probs, jnp.squeeze(shift + log_sum, ax)
+
+
+def _uniform_term(log_probs: jax.Array, ax: int) -> tuple[jax.Array, jax.Array]:
+  """``(S, K)``: ``S = -Σ log q_c`` over the K classes on the model's support.
+
+  Classes off the support (masked, or a ``-inf`` logit) get no smoothing mass,
+  so the smoothed loss stays finite where torch and Liger give ``+inf``.
+  """
+  support = log_probs > -jnp.inf
+  total = -jnp.sum(jnp.where(support, log_probs, jnp.zeros_like(log_probs)), axis=ax)
+  return total, jnp.sum(support, axis=ax).astype(log_probs.dtype)
+
+
+def _safe_div(a: jax.Array, b: jax.Array) -> jax.Array:
+  return a / jnp.where(b > 0, b, jnp.ones_like(b))
+
+
+def _z_loss(lse: jax.Array, weight: float) -> jax.Array:
+  """``λ·lse²``, 0 with zero derivative for an empty row (``lse = -inf``)."""
+  lse = jnp.where(lse == -jnp.inf, jnp.zeros_like(lse), lse)
+  return weight * jnp.square(lse)
+
+
 def cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
     *,
     axis: int = -1,
     where: ArrayLike | None = None,
-) -> jax.Array:
+    ignore_index: int | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    smoothing: Literal["uniform", "t5x"] = "uniform",
+    t5x_normalize: bool = False,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
+    return_aux: bool = False,
+) -> jax.Array | tuple[jax.Array, dict[str, jax.Array]]:
   r"""Cross-entropy of softmax(``logits``) against integer class ``labels``.
 
   .. math:: \ell = -\log \mathrm{softmax}(z)_y = \mathrm{logsumexp}(z) - z_y
+
+  With the training options, per example (``q = softmax(z')``, ``z'`` the
+  soft-capped logits, ``K`` the number of classes on the support of ``q``,
+  i.e. unmasked with a logit above ``-inf``):
+
+  .. math:: \ell = w_y \Big[(1 - \epsilon)(-\log q_y) + \frac{\epsilon}{K}
+     \sum_{c \in \mathrm{supp}\,q} (-\log q_c) + \lambda\,\mathrm{logsumexp}(z')^2\Big]
 
   Args:
     logits: model logits, ``[..., num_classes]`` (the class axis is ``axis``).
     labels: integer class indices, ``logits.shape`` without ``axis``.
     axis: the class axis of ``logits``.
     where: optional boolean mask broadcastable to ``logits.shape``; masked
-      classes are excluded from the softmax.
+      classes are excluded from the softmax; ``where[..., None]`` masks rows.
+    ignore_index: a label value (torch uses ``-100``) whose examples give 0
+      with zero gradient and are not counted by ``"mean"``.
+    class_weights: optional ``[num_classes]`` floating weights; example ``n``
+      is weighted by ``w[y_n]`` and ``"mean"`` is torch's weighted mean
+      ``Σ w[y_n] ℓ_n / Σ w[y_n]``. (torch additionally weights each class of
+      the label-smoothing sum by ``w_c``; here the whole smoothed example is
+      weighted by ``w[y_n]``.)
+    label_smoothing: ``ε`` in ``[0, 1]``, a Python float.
+    smoothing: ``"uniform"``: target ``(1 - ε)·onehot(y) + ε/K`` over the
+      support (torch, optax, Liger, but those count masked classes too);
+      ``"t5x"``: ``1 - ε`` on the label and ``ε/(K - 1)`` on every other
+      supported class (a one-hot if the label is the only one).
+    t5x_normalize: with ``smoothing="t5x"``, subtract the entropy of the
+      smoothed target, so the loss is ``KL(target ‖ q) ≥ 0`` with minimum 0.
+    z_loss: ``λ ≥ 0``; adds ``λ·logsumexp(z')²`` (PaLM's z-loss).
+    soft_cap: optional ``c > 0``: logits become ``c·tanh(z/c)`` (Gemma 2)
+      inside the loss; ``-inf`` (masked) logits stay ``-inf``.
+    reduction: ``"none"`` (per-example, the default), ``"sum"``, ``"mean"``
+      (over unmasked, non-ignored examples, class-weighted) or
+      ``"batchmean"`` (sum / size of the leading axis).
+    normalizer: optional scalar that ``"mean"``/``"batchmean"`` divide by
+      instead (the count or weight sum of the full batch, for micro-batching).
+    return_aux: also return a dict of side outputs computed in the same pass.
 
   Returns:
-    ``[...]`` per-example losses, float32 (float64 for float64 logits).
+    ``[...]`` per-example losses (a scalar if reduced), float32 (float64 for
+    float64 logits). With ``return_aux``, ``(loss, aux)`` where ``aux`` has
+    ``"logsumexp"`` (of ``z'``), ``"entropy"`` (of ``q``), ``"accuracy"``
+    (``argmax z' == y`` as 0/1) and ``"z_loss"``, each per example under
+    ``"none"`` (0 for masked/ignored rows) and otherwise reduced like the loss
+    (class-weighted); ``aux["z_loss"]`` is exactly the z-loss part of ``loss``.
 
   Numerics:
     Computed as ``log Σ exp(z - max) - (z_y - max)``, so ties at ``|z| = 1e30``
     give ``log 2``, not 0. A label on a ``-inf`` (or masked) logit gives
     ``+inf``; a row with every class masked gives 0 with zero gradient.
-    A label outside ``[0, num_classes)`` never selects another class: its loss
-    is NaN, so any mean that includes it is NaN, and its gradient is zero, so
-    it does not corrupt parameters. :func:`jaxdiv.check_labels` is the opt-in
-    check that raises instead.
+    A label outside ``[0, num_classes)`` (and not ``ignore_index``) never
+    selects another class: its loss is NaN, so any mean that includes it is
+    NaN, and its gradient is zero, so it does not corrupt parameters.
+    :func:`jaxdiv.check_labels` is the opt-in check that raises instead.
+    Label smoothing never builds a one-hot array and gives masked classes no
+    mass, so it stays finite with a masked vocabulary. The z-loss overflows to
+    ``+inf`` in float32 only when ``|logsumexp| > 1.8e19``. All-ignored or
+    all-masked batches reduce to 0 with zero gradient.
+
+  References:
+    Szegedy et al., "Rethinking the Inception Architecture" (label smoothing),
+    arXiv:1512.00567; Chowdhery et al., "PaLM" (z-loss), arXiv:2204.02311;
+    Gemma Team, "Gemma 2" (logit soft-capping), arXiv:2408.00118.
 
   Examples:
     >>> import jax.numpy as jnp, jaxdiv
     >>> logits = jnp.array([[2.0, 1.0, 0.1], [0.5, 2.5, -1.0]])
     >>> jaxdiv.cross_entropy(logits, jnp.array([0, 1]))
-    Array([0.41702995, 0.14185414], dtype=float32)
+    Array([0.41702995, 0.15317823], dtype=float32)
+    >>> loss, aux = jaxdiv.cross_entropy(logits, jnp.array([0, -100]), ignore_index=-100,
+    ...                                  label_smoothing=0.1, z_loss=1e-4, reduction="mean", return_aux=True)
+    >>> print(f"{loss:.4f} {aux['accuracy']:.1f}")
+    0.5143 1.0
   """
+  _reduction.check(reduction, normalizer)
+  eps = _concrete("label_smoothing", label_smoothing, 0.0, 1.0)
+  lam = _concrete("z_loss", z_loss, 0.0)
+  if smoothing not in ("uniform", "t5x"):
+    raise ValueError(f"smoothing must be 'uniform' or 't5x'; got {smoothing!r}.")
+  if t5x_normalize and smoothing != "t5x":
+    raise ValueError("t5x_normalize=True needs smoothing='t5x'.")
+  if ignore_index is not None:
+    try:
+      ignore_index = operator.index(ignore_index)
+    except TypeError as e:
+      raise TypeError(f"ignore_index must be None or an int (torch uses -100); got {ignore_index!r}.") from e
   x, ax, mask = _model(logits, axis, where)
   y = v.as_integer("labels", labels, _PROB_HINT)
   v.label_shape(y, x, ax)
   (x,) = v.to_compute(x)
-  log_probs = _log_probs(x, ax, mask)
   num_classes = x.shape[ax]
+  plain = eps == 0.0 and lam == 0.0 and soft_cap is None and not return_aux
+  if plain:
+    log_probs = _log_probs(x, ax, mask)
+  else:
+    z = _soft_capped(x, mask, soft_cap)
+    log_probs, lse = _log_softmax_lse(z, ax)
   in_range = (y >= 0) & (y < num_classes)
-  index = jnp.expand_dims(jnp.where(in_range, y, 0), ax)
+  safe_y = jnp.where(in_range, y, 0)
+  index = jnp.expand_dims(safe_y, ax)
   picked = jnp.squeeze(jnp.take_along_axis(log_probs, index, axis=ax), ax)
-  loss = jnp.where(in_range, -picked, jnp.nan)
-  if mask is not None:
-    loss = jnp.where(jnp.any(mask, axis=ax), loss, 0)
-  return loss
+  loss = -picked
+  if eps > 0.0:
+    total, k = _uniform_term(log_probs, ax)
+    if smoothing == "uniform":
+      loss = (1 - eps) * loss + eps * _safe_div(total, k)
+    else:
+      on_support = picked > -jnp.inf
+      k_off = k - on_support.astype(k.dtype)
+      off = eps * _safe_div(jnp.ones_like(k_off), k_off)
+      confidence = jnp.where(k_off > 0, jnp.asarray(1 - eps, k.dtype), jnp.ones_like(k))
+      loss = confidence * loss + off * (total - jnp.where(on_support, loss, jnp.zeros_like(loss)))
+      if t5x_normalize:
+        xlogx = lambda a: jnp.where(a > 0, a * jnp.log(jnp.where(a > 0, a, jnp.ones_like(a))), jnp.zeros_like(a))
+        loss = loss + xlogx(confidence) + jnp.where(k_off > 0, eps * jnp.log(jnp.where(k_off > 0, off, 1)), 0)
+  aux = {}
+  if lam > 0.0 or return_aux:
+    aux["z_loss"] = _z_loss(lse, lam)
+    loss = loss + aux["z_loss"]
+  valid = jnp.ones(y.shape, bool) if mask is None else jnp.any(mask, axis=ax)
+  if ignore_index is not None:
+    valid = valid & (y != ignore_index)
+  if class_weights is None:
+    weight = valid.astype(loss.dtype)
+  else:
+    w = v.as_floating("class_weights", class_weights)
+    if w.shape != (num_classes,):
+      raise ValueError(f"class_weights must have shape [num_classes] = [{num_classes}]; got {list(w.shape)}.")
+    (w,) = v.to_compute(w)
+    weight = jnp.where(valid, w.astype(loss.dtype)[safe_y], 0)
+    loss = _kernels.mul_safe(weight, loss)
+  loss = jnp.where(in_range, loss, jnp.nan)
+  loss = jnp.where(valid, loss, 0)
+  out = _reduction.reduce(loss, reduction, weight=weight, normalizer=normalizer)
+  if not return_aux:
+    return out
+  entropy_ = jnp.sum(_kernels.mul_safe(jnp.exp(log_probs), -log_probs), axis=ax)
+  accuracy = (jnp.argmax(z, axis=ax) == y).astype(loss.dtype)
+  scale = weight if reduction != "none" else valid.astype(loss.dtype)
+  if class_weights is not None:
+    aux["z_loss"] = _kernels.mul_safe(weight, aux["z_loss"])
+  aux["z_loss"] = jnp.where(valid, aux["z_loss"], 0)
+  aux |= {"logsumexp": jnp.where(valid, lse, 0) * scale, "entropy": entropy_ * scale, "accuracy": accuracy * scale}
+  aux = {k: _reduction.reduce(a, reduction, weight=weight, normalizer=normalizer) for k, a in sorted(aux.items())}
+  return out, aux
 
 
 def soft_cross_entropy(
@@ -114,6 +305,11 @@ def soft_cross_entropy(
     *,
     axis: int = -1,
     where: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Cross-entropy H(p, q) of softmax(``logits``) against target probabilities.
 
@@ -125,9 +321,18 @@ def soft_cross_entropy(
       need not sum to one; label-smoothed or partial targets are fine).
     axis: the class axis.
     where: optional boolean mask broadcastable to ``logits.shape``.
+    label_smoothing: ``ε`` in ``[0, 1]``: the target becomes
+      ``(1 - ε)·p + ε/K`` over the K classes on the model's support (unmasked,
+      logit above ``-inf``); see :func:`cross_entropy`.
+    z_loss: ``λ ≥ 0``; adds ``λ·logsumexp(z)²`` (PaLM).
+    soft_cap: optional ``c > 0``: logits become ``c·tanh(z/c)`` (Gemma 2).
+    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
+      rows) or ``"batchmean"``; see :mod:`jaxdiv._reduction`.
+    normalizer: optional scalar the means divide by instead.
 
   Returns:
-    ``[...]`` per-example cross-entropies, float32 (float64 for float64 input).
+    ``[...]`` per-example cross-entropies (a scalar if reduced), float32
+    (float64 for float64 input).
 
   Numerics:
     ``p_c = 0`` contributes exactly 0 even where ``z_c = -inf``; derivatives
@@ -142,8 +347,26 @@ def soft_cross_entropy(
     Array(0.8132616, dtype=float32)
   """
   x, p, ax, mask = _pair(logits, target_probs, "target_probs", axis, where, _INT_HINT)
-  log_q = _log_probs(x, ax, mask)
-  return jnp.sum(_kernels.mul_safe(_masked(p, mask, 0), -log_q), axis=ax)
+  return _soft_ce(x, lambda: _masked(p, mask, 0), ax, mask, label_smoothing, z_loss, soft_cap, reduction, normalizer)
+
+
+def _soft_ce(x, target_probs, ax, mask, label_smoothing, z_loss, soft_cap, reduction, normalizer):
+  """H(p, q) with the training options; ``target_probs()`` gives the masked p."""
+  _reduction.check(reduction, normalizer)
+  eps = _concrete("label_smoothing", label_smoothing, 0.0, 1.0)
+  lam = _concrete("z_loss", z_loss, 0.0)
+  if eps == 0.0 and lam == 0.0 and soft_cap is None:
+    log_q = _log_probs(x, ax, mask)
+  else:
+    log_q, lse = _log_softmax_lse(_soft_capped(x, mask, soft_cap), ax)
+  loss = jnp.sum(_kernels.mul_safe(target_probs(), -log_q), axis=ax)
+  if eps > 0.0:
+    total, k = _uniform_term(log_q, ax)
+    loss = (1 - eps) * loss + eps * _safe_div(total, k)
+  if lam > 0.0:
+    z_term = _z_loss(lse, lam)
+    loss = loss + (z_term if mask is None else jnp.where(jnp.any(mask, axis=ax), z_term, 0))
+  return _reduce(loss, mask, ax, reduction, normalizer)
 
 
 def soft_cross_entropy_with_log_targets(
@@ -152,6 +375,11 @@ def soft_cross_entropy_with_log_targets(
     *,
     axis: int = -1,
     where: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Cross-entropy H(p, q) with the target given in log space.
 
@@ -164,9 +392,13 @@ def soft_cross_entropy_with_log_targets(
     axis: the class axis.
     where: optional boolean mask broadcastable to ``logits.shape``, applied to
       both distributions.
+    label_smoothing, z_loss, soft_cap: as in :func:`soft_cross_entropy`
+      (``soft_cap`` applies to the model logits only).
+    reduction, normalizer: as in :func:`soft_cross_entropy`.
 
   Returns:
-    ``[...]`` per-example cross-entropies, float32 (float64 for float64 input).
+    ``[...]`` per-example cross-entropies (a scalar if reduced), float32
+    (float64 for float64 input).
 
   Numerics:
     As :func:`soft_cross_entropy`; derivatives w.r.t. ``target_logits`` are
@@ -178,9 +410,8 @@ def soft_cross_entropy_with_log_targets(
     Array(1.3862944, dtype=float32)
   """
   x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT)
-  log_q = _log_probs(x, ax, mask)
-  log_p = _log_probs(t, ax, mask)
-  return jnp.sum(_kernels.mul_safe(jnp.exp(log_p), -log_q), axis=ax)
+  target_probs = lambda: jnp.exp(_log_probs(t, ax, mask))
+  return _soft_ce(x, target_probs, ax, mask, label_smoothing, z_loss, soft_cap, reduction, normalizer)
 
 
 def _kl(x, target, ax, mask, target_is_log):
@@ -207,6 +438,8 @@ def kl_divergence(
     *,
     axis: int = -1,
     where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""KL(p ‖ q) of the target probabilities from softmax(``logits``).
 
@@ -222,9 +455,13 @@ def kl_divergence(
     axis: the class axis.
     where: optional boolean mask broadcastable to ``logits.shape``; masked
       classes are left out of both distributions.
+    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
+      rows) or ``"batchmean"`` (sum / leading-axis size, torch's ``kl_div``).
+    normalizer: optional scalar the means divide by instead (micro-batching).
 
   Returns:
-    ``[...]`` per-example divergences, float32 (float64 for float64 input).
+    ``[...]`` per-example divergences (a scalar if reduced), float32 (float64
+    for float64 input).
   {numerics}
     ``∂/∂p_c`` at ``p_c = 0`` (one-sided ``-inf``) is taken as 0.
 
@@ -236,8 +473,9 @@ def kl_divergence(
     >>> print(f"{kl:.4f}")
     0.0367
   """
+  _reduction.check(reduction, normalizer)
   x, p, ax, mask = _pair(logits, target_probs, "target_probs", axis, where, _INT_HINT)
-  return _kl(x, p, ax, mask, target_is_log=False)
+  return _reduce(_kl(x, p, ax, mask, target_is_log=False), mask, ax, reduction, normalizer)
 
 
 def kl_divergence_with_log_targets(
@@ -246,6 +484,8 @@ def kl_divergence_with_log_targets(
     *,
     axis: int = -1,
     where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""KL(p ‖ q) with the target given in log space.
 
@@ -258,19 +498,24 @@ def kl_divergence_with_log_targets(
       normalised here; same shape. ``-inf`` marks a class of probability 0.
     axis: the class axis.
     where: optional boolean mask broadcastable to ``logits.shape``.
+    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
+      rows) or ``"batchmean"`` (sum / leading-axis size, torch's ``kl_div``).
+    normalizer: optional scalar the means divide by instead (micro-batching).
 
   Returns:
-    ``[...]`` per-example divergences, float32 (float64 for float64 input).
+    ``[...]`` per-example divergences (a scalar if reduced), float32 (float64
+    for float64 input).
   {numerics}
   Examples:
     >>> import jax.numpy as jnp, jaxdiv
     >>> teacher = jnp.array([2.0, 0.0, -jnp.inf])   # one-hot-ish, one class impossible
     >>> student = jnp.array([1.0, 1.0, 0.0])
     >>> jaxdiv.kl_divergence_with_log_targets(student, teacher)
-    Array(0.6572843, dtype=float32)
+    Array(0.49666092, dtype=float32)
   """
+  _reduction.check(reduction, normalizer)
   x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT)
-  return _kl(x, t, ax, mask, target_is_log=True)
+  return _reduce(_kl(x, t, ax, mask, target_is_log=True), mask, ax, reduction, normalizer)
 
 
 def reverse_kl_divergence(
@@ -279,6 +524,8 @@ def reverse_kl_divergence(
     *,
     axis: int = -1,
     where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Reverse KL(q ‖ p) of softmax(``logits``) from the target.
 
@@ -292,17 +539,22 @@ def reverse_kl_divergence(
     target_logits: target logits or log-probabilities ``t``, same shape.
     axis: the class axis.
     where: optional boolean mask broadcastable to ``logits.shape``.
+    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
+      rows) or ``"batchmean"`` (sum / leading-axis size, torch's ``kl_div``).
+    normalizer: optional scalar the means divide by instead (micro-batching).
 
   Returns:
-    ``[...]`` per-example divergences, float32 (float64 for float64 input).
+    ``[...]`` per-example divergences (a scalar if reduced), float32 (float64
+    for float64 input).
   {numerics}
   Examples:
     >>> import jax.numpy as jnp, jaxdiv
     >>> jaxdiv.reverse_kl_divergence(jnp.array([1.0, 1.0, 0.0]), jnp.array([2.0, 0.0, 0.0]))
-    Array(0.22001195, dtype=float32)
+    Array(0.37754998, dtype=float32)
   """
+  _reduction.check(reduction, normalizer)
   x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT)
-  return _kl(t, x, ax, mask, target_is_log=True)
+  return _reduce(_kl(t, x, ax, mask, target_is_log=True), mask, ax, reduction, normalizer)
 
 
 def jensen_shannon_divergence(
@@ -312,6 +564,8 @@ def jensen_shannon_divergence(
     beta: float = 0.5,
     axis: int = -1,
     where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Generalised Jensen–Shannon divergence JSD_β in the GKD convention.
 
@@ -334,9 +588,13 @@ def jensen_shannon_divergence(
     beta: the teacher's weight in the mixture, a Python float in ``[0, 1]``.
     axis: the class axis.
     where: optional boolean mask broadcastable to ``logits.shape``.
+    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
+      rows) or ``"batchmean"`` (sum / leading-axis size, torch's ``kl_div``).
+    normalizer: optional scalar the means divide by instead (micro-batching).
 
   Returns:
-    ``[...]`` per-example divergences, float32 (float64 for float64 input).
+    ``[...]`` per-example divergences (a scalar if reduced), float32 (float64
+    for float64 input).
 
   Numerics:
     Both KL terms use the non-negative accurate form of
@@ -362,6 +620,7 @@ def jensen_shannon_divergence(
     raise TypeError(f"beta must be a concrete Python float in [0, 1]; got {beta!r}.") from e
   if not 0.0 <= beta <= 1.0:
     raise ValueError(f"beta must lie in [0, 1]; got {beta}.")
+  _reduction.check(reduction, normalizer)
   x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT)
   log_q = _log_probs(x, ax, mask)
   log_p = _log_probs(t, ax, mask)
@@ -370,11 +629,13 @@ def jensen_shannon_divergence(
     return jnp.sum(_kernels.kl_terms(a, b, True), axis=ax)
 
   if beta == 0.0:
-    return kl(log_p, log_q)
-  if beta == 1.0:
-    return kl(log_q, log_p)
-  log_m = _kernels.log_mix(log_p, log_q, beta)
-  return beta * kl(log_p, log_m) + (1 - beta) * kl(log_q, log_m)
+    loss = kl(log_p, log_q)
+  elif beta == 1.0:
+    loss = kl(log_q, log_p)
+  else:
+    log_m = _kernels.log_mix(log_p, log_q, beta)
+    loss = beta * kl(log_p, log_m) + (1 - beta) * kl(log_q, log_m)
+  return _reduce(loss, mask, ax, reduction, normalizer)
 
 
 def entropy(
@@ -382,6 +643,8 @@ def entropy(
     *,
     axis: int = -1,
     where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Shannon entropy of softmax(``logits``), in nats.
 
@@ -391,9 +654,13 @@ def entropy(
     logits: logits or log-probabilities, ``[..., num_classes]``.
     axis: the class axis.
     where: optional boolean mask broadcastable to ``logits.shape``.
+    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
+      rows) or ``"batchmean"`` (sum / leading-axis size, torch's ``kl_div``).
+    normalizer: optional scalar the means divide by instead (micro-batching).
 
   Returns:
-    ``[...]`` per-example entropies, float32 (float64 for float64 input).
+    ``[...]`` per-example entropies (a scalar if reduced), float32 (float64
+    for float64 input).
 
   Numerics:
     ``-inf`` logits contribute 0 with zero derivative; a fully masked row gives 0.
@@ -403,10 +670,11 @@ def entropy(
     >>> jaxdiv.entropy(jnp.array([0.0, 0.0, -jnp.inf, 0.0]))
     Array(1.0986123, dtype=float32)
   """
+  _reduction.check(reduction, normalizer)
   x, ax, mask = _model(logits, axis, where)
   (x,) = v.to_compute(x)
   log_q = _log_probs(x, ax, mask)
-  return jnp.sum(_kernels.mul_safe(jnp.exp(log_q), -log_q), axis=ax)
+  return _reduce(jnp.sum(_kernels.mul_safe(jnp.exp(log_q), -log_q), axis=ax), mask, ax, reduction, normalizer)
 
 
 for _f in (kl_divergence, kl_divergence_with_log_targets, reverse_kl_divergence):
