@@ -1,0 +1,752 @@
+"""Fused linear losses: cross-entropy and distillation from hidden states, never building the logits.
+
+A language model's loss multiplies hidden states ``h [N, D]`` by the
+unembedding ``W [D, V]`` and takes a softmax over ``V`` classes. With
+``V ~ 10^5`` the ``[N, V]`` logits (and their gradient) dominate the memory of
+a training step. The functions here compute the same losses block by block,
+with an online logsumexp, and a custom VJP that forms the gradients w.r.t.
+``h``, ``W`` and the bias block by block too. Two schedules:
+
+* ``"fast"`` — token blocks ``[B_t, V]``: each block's logits, loss and
+  gradient are formed once, in the forward pass; the weight gradient is
+  accumulated in a ``[D, V]`` float32 buffer; the backward pass only scales by
+  the incoming cotangent. Same matrix products as the materialised loss (no
+  recomputation). Needs a scalar output (``reduction="sum"`` or ``"mean"``).
+* ``"low_memory"`` — vocabulary blocks ``[N, B_v]``: a first pass over the
+  vocabulary forms the logsumexp per token; the backward pass recomputes each
+  block of logits and writes its slice of the weight gradient directly. One
+  extra matrix product (about 4/3 of the work), no ``[D, V]`` accumulator.
+
+``mode="auto"`` picks ``"fast"`` when the output is a scalar and the ``[D, V]``
+accumulator is at most half the size of the ``[N, V]`` logits it replaces
+(``N >= 2 D``), else ``"low_memory"``.
+
+The same vocabulary-block core, with collectives, is the vocab-parallel fused
+loss of :mod:`jaxdiv._sharded`.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Literal, NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxdiv import _categorical, _kernels
+from jaxdiv import _validation as v
+
+Mode = Literal["auto", "fast", "low_memory"]
+Reduction = Literal["none", "sum", "mean"]
+Divergence = Literal["kl", "reverse_kl", "jsd"]
+
+# Default block: about 2^21 float32 elements (8 MiB) of logits per block.
+_BLOCK_ELEMENTS = 1 << 21
+
+
+class Spec(NamedTuple):
+  """Static description of one fused loss (hashable: it is a ``nondiff_argnum``)."""
+
+  loss: str  # "ce", "kl", "reverse_kl" or "jsd"
+  teacher: str  # "labels", "logits" or "hidden"
+  block: int
+  vocab_size: int  # global V (differs from the local weight's V under vocab sharding)
+  label_smoothing: float = 0.0
+  z_loss: float = 0.0
+  softcap: float | None = None
+  temperature: float = 1.0
+  beta: float = 0.5
+  axis_name: Any = None  # vocab mesh axis (inside shard_map) or None
+  token_axis: Any = None  # token mesh axis (inside shard_map) or None
+
+
+# --------------------------------------------------------------------------- #
+# Small helpers
+# --------------------------------------------------------------------------- #
+
+
+def _dot(a: jax.Array, b: jax.Array, contract: tuple[int, int]) -> jax.Array:
+  """``a`` contracted with ``b`` on the given dims, accumulated in ``a``'s dtype."""
+  return jax.lax.dot_general(a, b, (((contract[0],), (contract[1],)), ((), ())), preferred_element_type=a.dtype)
+
+
+def _for_blocks(n: int, block: int, body, carry):
+  """``carry = body(carry, start, size)`` over ``[0, n)`` in blocks; the remainder block last."""
+  full, rest = divmod(n, block)
+  if full == 1:
+    carry = body(carry, 0, block)
+  elif full > 1:
+    carry = jax.lax.fori_loop(0, full, lambda i, c: body(c, i * block, block), carry)
+  if rest:
+    carry = body(carry, full * block, rest)
+  return carry
+
+
+def _cols(x: jax.Array, start, size: int) -> jax.Array:
+  return jax.lax.dynamic_slice_in_dim(x, start, size, axis=x.ndim - 1)
+
+
+def _rows(x: jax.Array, start, size: int) -> jax.Array:
+  return jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
+
+
+def _finite_or_zero(x: jax.Array) -> jax.Array:
+  return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x))
+
+
+def _capped(spec: Spec, z: jax.Array) -> jax.Array:
+  return z if spec.softcap is None else spec.softcap * jnp.tanh(z / spec.softcap)
+
+
+def _cap_slope(spec: Spec, capped: jax.Array) -> jax.Array | float:
+  """d capped / d raw, from the capped logits."""
+  if spec.softcap is None:
+    return 1.0
+  r = capped / spec.softcap
+  return 1 - r * r
+
+
+def _vocab_offset(spec: Spec, local_vocab: int):
+  if spec.axis_name is None:
+    return 0
+  return jax.lax.axis_index(spec.axis_name) * local_vocab
+
+
+def _varying(spec: Spec, carry):
+  """Initial loop carries marked as varying over the mesh axes the loop body's values vary over."""
+  axes = tuple(a for a in (spec.token_axis, spec.axis_name) if a is not None)
+  return carry if not axes else jax.tree.map(lambda x: jax.lax.pcast(x, axes, to="varying"), carry)
+
+
+def _psum(x, axis):
+  return x if axis is None else jax.lax.psum(x, axis)
+
+
+# --------------------------------------------------------------------------- #
+# Per-row losses on a full block of logits (token schedule)
+# --------------------------------------------------------------------------- #
+
+
+def _row_losses(spec: Spec, z: jax.Array, aux: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """Per-token loss and (student) logsumexp for a ``[B, V]`` block of raw logits."""
+  if spec.loss == "ce":
+    zc = _capped(spec, z)
+    log_probs, shift, log_sum = _kernels.log_softmax(zc, 1)
+    lse = (shift + log_sum)[:, 0]
+    in_range = (aux >= 0) & (aux < spec.vocab_size)
+    index = jnp.where(in_range, aux, 0)[:, None]
+    loss = -jnp.take_along_axis(log_probs, index, axis=1)[:, 0]
+    if spec.label_smoothing:
+      eps = spec.label_smoothing
+      loss = (1 - eps) * loss - eps * jnp.mean(log_probs, axis=1)
+    if spec.z_loss:
+      loss = loss + spec.z_loss * lse * lse
+    return jnp.where(in_range, loss, jnp.nan), lse
+  zt, tt = z / spec.temperature, aux / spec.temperature
+  _, shift, log_sum = _kernels.log_softmax(zt, 1)
+  if spec.loss == "kl":
+    loss = _categorical.kl_divergence_with_log_targets(zt, tt)
+  elif spec.loss == "reverse_kl":
+    loss = _categorical.reverse_kl_divergence(zt, tt)
+  else:
+    loss = _categorical.jensen_shannon_divergence(zt, tt, beta=spec.beta)
+  return loss, (shift + log_sum)[:, 0]
+
+
+def _teacher_block(spec: Spec, aux: tuple, start, size: int, cols: bool) -> jax.Array:
+  """The target for a block: labels / teacher logits (rows or columns), or teacher logits from hidden."""
+  pick = _cols if cols else _rows
+  if spec.teacher in ("labels", "logits"):
+    (t,) = aux
+    return pick(t, start, size) if (spec.teacher == "logits" or not cols) else t
+  th, tw, tb = aux
+  if cols:
+    return _dot(th, _cols(tw, start, size).astype(th.dtype), (1, 0)) + _cols(tb, start, size)[None, :]
+  return _dot(_rows(th, start, size), tw, (1, 0)) + tb[None, :]
+
+
+# --------------------------------------------------------------------------- #
+# The token schedule ("fast"): gradients formed in the forward pass
+# --------------------------------------------------------------------------- #
+
+
+def _token_pass(spec: Spec, h, w, b, aux, coef):
+  n, d = h.shape
+  v_size = w.shape[1]
+  dt = h.dtype
+
+  def body(carry, start, size):
+    total, loss, lse, dh, dw, db = carry
+    hb = _rows(h, start, size)
+    z = _dot(hb, w, (1, 0)) + b[None, :]
+    cb = _rows(coef, start, size)
+    target = _teacher_block(spec, aux, start, size, cols=False)
+    lb, vjp, lse_b = jax.vjp(lambda z: _row_losses(spec, z, target), z, has_aux=True)
+    (dz,) = vjp(cb)
+    total = total + jnp.sum(jnp.where(cb != 0, cb * lb, 0))
+    loss = jax.lax.dynamic_update_slice_in_dim(loss, lb, start, 0)
+    lse = jax.lax.dynamic_update_slice_in_dim(lse, lse_b, start, 0)
+    dh = jax.lax.dynamic_update_slice_in_dim(dh, _dot(dz, w, (1, 1)), start, 0)
+    return total, loss, lse, dh, dw + _dot(hb, dz, (0, 0)), db + jnp.sum(dz, axis=0)
+
+  zeros = functools.partial(jnp.zeros, dtype=dt)
+  carry = (zeros(()), zeros((n,)), zeros((n,)), zeros((n, d)), zeros((d, v_size)), zeros((v_size,)))
+  total, loss, lse, dh, dw, db = _for_blocks(n, spec.block, body, carry)
+  return (total, loss, lse), (dh, dw, db)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _token_core(spec: Spec, h, w, b, aux, coef):
+  """``(Σ coef·loss, loss, lse)``; only the first output is differentiable."""
+  return _token_pass(spec, h, w, b, aux, coef)[0]
+
+
+def _token_fwd(spec, h, w, b, aux, coef):
+  out, grads = _token_pass(spec, h, w, b, aux, coef)
+  return out, (grads, aux)
+
+
+def _token_bwd(spec, res, ct):
+  (dh, dw, db), aux = res
+  g = ct[0]
+  return g * dh, g * dw, g * db, jax.tree.map(lambda _: None, aux), None
+
+
+_token_core.defvjp(_token_fwd, _token_bwd)
+
+
+# --------------------------------------------------------------------------- #
+# The vocabulary schedule ("low_memory"): logsumexp first, logits recomputed
+# --------------------------------------------------------------------------- #
+
+
+def _lse_step(m, s, x):
+  """One online-logsumexp step over the columns of ``x``."""
+  m_new = jnp.maximum(m, jnp.max(x, axis=1))
+  shift = _finite_or_zero(m_new)
+  s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(x - shift[:, None]), axis=1)
+  return m_new, s
+
+
+def _lse_finish(m, s, axis):
+  """``(shift, log_sum)`` of the logsumexp, combined across ``axis`` (pmax / psum)."""
+  if axis is not None:
+    m_all = jax.lax.pmax(m, axis)
+    s = jax.lax.psum(s * jnp.exp(m - _finite_or_zero(m_all)), axis)
+    m = m_all
+  return _finite_or_zero(m), jnp.log(s)
+
+
+def divergence_terms(spec: Spec, log_p, log_q):
+  if spec.loss == "kl":
+    return _kernels.kl_terms(log_p, log_q, True)
+  if spec.loss == "reverse_kl":
+    return _kernels.kl_terms(log_q, log_p, True)
+  log_m = _kernels.log_mix(log_p, log_q, spec.beta)
+  return spec.beta * _kernels.kl_terms(log_p, log_m, True) + (1 - spec.beta) * _kernels.kl_terms(log_q, log_m, True)
+
+
+def _student_block(spec, h, w, b, start, size):
+  """Raw student logits for vocabulary columns ``[start, start + size)`` of the local weight."""
+  return _dot(h, _cols(w, start, size).astype(h.dtype), (1, 0)) + _cols(b, start, size)[None, :]
+
+
+def _vocab_pass(spec: Spec, h, w, b, aux):
+  """Forward passes of the vocabulary schedule: per-token loss, lse and the statistics the backward needs."""
+  n = h.shape[0]
+  v_local = w.shape[1]
+  dt = h.dtype
+  offset = _vocab_offset(spec, v_local)
+  zeros = jnp.zeros((n,), dt)
+  neg_inf = jnp.full((n,), -jnp.inf, dt)
+
+  if spec.loss == "ce":
+    (labels,) = aux
+
+    def body(carry, start, size):
+      m, s, picked, total = carry
+      z = _capped(spec, _student_block(spec, h, w, b, start, size))
+      m, s = _lse_step(m, s, z)
+      local = labels - (offset + start)
+      hit = (local >= 0) & (local < size)
+      got = jnp.take_along_axis(z, jnp.clip(local, 0, size - 1)[:, None], axis=1)[:, 0]
+      picked = picked + jnp.where(hit, got, 0)
+      if spec.label_smoothing:
+        total = total + jnp.sum(z, axis=1)
+      return m, s, picked, total
+
+    m, s, picked, total = _for_blocks(v_local, spec.block, body, _varying(spec, (neg_inf, zeros, zeros, zeros)))
+    shift, log_sum = _lse_finish(m, s, spec.axis_name)
+    picked, total = _psum(picked, spec.axis_name), _psum(total, spec.axis_name)
+    loss = log_sum - (picked - shift)
+    if spec.label_smoothing:
+      eps = spec.label_smoothing
+      loss = (1 - eps) * loss + eps * (log_sum - (total / spec.vocab_size - shift))
+    lse = shift + log_sum
+    if spec.z_loss:
+      loss = loss + spec.z_loss * lse * lse
+    in_range = (labels >= 0) & (labels < spec.vocab_size)
+    return jnp.where(in_range, loss, jnp.nan), lse, (lse, zeros)
+
+  inv_t = 1.0 / spec.temperature
+
+  def lse_body(carry, start, size):
+    mz, sz, mt, st = carry
+    mz, sz = _lse_step(mz, sz, _student_block(spec, h, w, b, start, size) * inv_t)
+    mt, st = _lse_step(mt, st, _teacher_block(spec, aux, start, size, cols=True) * inv_t)
+    return mz, sz, mt, st
+
+  mz, sz, mt, st = _for_blocks(v_local, spec.block, lse_body, _varying(spec, (neg_inf, zeros, neg_inf, zeros)))
+  lse_z = sum(_lse_finish(mz, sz, spec.axis_name))
+  lse_t = sum(_lse_finish(mt, st, spec.axis_name))
+
+  def value_body(carry, start, size):
+    total, grad_sum = carry
+    log_q = _student_block(spec, h, w, b, start, size) * inv_t - lse_z[:, None]
+    log_p = _teacher_block(spec, aux, start, size, cols=True) * inv_t - lse_t[:, None]
+    terms, vjp = jax.vjp(lambda lq: divergence_terms(spec, log_p, lq), log_q)
+    (a,) = vjp(jnp.ones_like(terms))
+    return total + jnp.sum(terms, axis=1), grad_sum + jnp.sum(a, axis=1)
+
+  total, grad_sum = _for_blocks(v_local, spec.block, value_body, _varying(spec, (zeros, zeros)))
+  total, grad_sum = _psum(total, spec.axis_name), _psum(grad_sum, spec.axis_name)
+  return total, lse_z, (jnp.stack([lse_z, lse_t]), grad_sum)
+
+
+def _vocab_dlogits(spec: Spec, z, start, size, aux, stats, offset):
+  """d loss / d raw logits for one vocabulary block, per unit cotangent."""
+  if spec.loss == "ce":
+    (labels,) = aux
+    lse, _ = stats
+    zc = _capped(spec, z)
+    q = jnp.exp(zc - lse[:, None])
+    eps = spec.label_smoothing
+    dz = q * (1 + 2 * spec.z_loss * lse)[:, None] if spec.z_loss else q
+    local = labels - (offset + start)
+    onehot = (local[:, None] == jnp.arange(size, dtype=local.dtype)[None, :]).astype(z.dtype)
+    dz = dz - (1 - eps) * onehot
+    if eps:
+      dz = dz - eps / spec.vocab_size
+    return dz * _cap_slope(spec, zc)
+  lses, grad_sum = stats
+  inv_t = 1.0 / spec.temperature
+  log_q = z * inv_t - lses[0][:, None]
+  log_p = _teacher_block(spec, aux, start, size, cols=True) * inv_t - lses[1][:, None]
+  terms, vjp = jax.vjp(lambda lq: divergence_terms(spec, log_p, lq), log_q)
+  (a,) = vjp(jnp.ones_like(terms))
+  return (a - jnp.exp(log_q) * grad_sum[:, None]) * inv_t
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def vocab_core(spec: Spec, h, w, b, aux):
+  """``(loss, lse)`` per token; only ``loss`` is differentiable."""
+  loss, lse, _ = _vocab_pass(spec, h, w, b, aux)
+  return loss, lse
+
+
+def _vocab_fwd(spec, h, w, b, aux):
+  loss, lse, stats = _vocab_pass(spec, h, w, b, aux)
+  return (loss, lse), (h, w, b, aux, stats)
+
+
+def _vocab_bwd(spec, res, ct):
+  h, w, b, aux, stats = res
+  g = ct[0]
+  if spec.loss == "ce":  # an out-of-range label has a NaN loss and zero gradient
+    g = jnp.where((aux[0] >= 0) & (aux[0] < spec.vocab_size), g, 0)
+  n, d = h.shape
+  v_local = w.shape[1]
+  offset = _vocab_offset(spec, v_local)
+
+  def body(carry, start, size):
+    dh, dw, db = carry
+    z = _student_block(spec, h, w, b, start, size)
+    dz = g[:, None] * _vocab_dlogits(spec, z, start, size, aux, stats, offset)
+    dh = dh + _dot(dz, _cols(w, start, size).astype(h.dtype), (1, 1))
+    dw = jax.lax.dynamic_update_slice_in_dim(dw, _dot(h, dz, (0, 0)).astype(w.dtype), start, 1)
+    db = jax.lax.dynamic_update_slice_in_dim(db, jnp.sum(dz, axis=0), start, 0)
+    return dh, dw, db
+
+  carry = (jnp.zeros((n, d), h.dtype), jnp.zeros((d, v_local), w.dtype), jnp.zeros((v_local,), b.dtype))
+  dh, dw, db = _for_blocks(v_local, spec.block, body, _varying(spec, carry))
+  dh = _psum(dh, spec.axis_name)
+  dw, db = _psum(dw, spec.token_axis), _psum(db, spec.token_axis)
+  return dh, dw, db, jax.tree.map(lambda _: None, aux)
+
+
+vocab_core.defvjp(_vocab_fwd, _vocab_bwd)
+
+
+# --------------------------------------------------------------------------- #
+# Argument handling shared by the public functions
+# --------------------------------------------------------------------------- #
+
+
+def check_linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None, prefix: str = ""):
+  """Validated ``(hidden, weight, bias)``: hidden ``[..., D]``, weight ``[D, V]``, bias ``[V]`` or None."""
+  h = v.as_floating(f"{prefix}hidden", hidden)
+  w = v.as_floating(f"{prefix}weight", weight)
+  if h.ndim < 1:
+    raise ValueError(f"{prefix}hidden must have shape [..., D]; got a scalar.")
+  if w.ndim != 2 or w.shape[0] != h.shape[-1]:
+    raise ValueError(
+        f"{prefix}weight must have shape [D, V] with D = {prefix}hidden.shape[-1] = {h.shape[-1]}; "
+        f"got {list(w.shape)}. (Pass the unembedding as [D, V]; transpose an embedding table [V, D].)"
+    )
+  b = None
+  if bias is not None:
+    b = v.as_floating(f"{prefix}bias", bias)
+    if b.shape != (w.shape[1],):
+      raise ValueError(f"{prefix}bias must have shape [V] = [{w.shape[1]}]; got {list(b.shape)}.")
+  return h, w, b
+
+
+def linear_dtypes(h, w, b):
+  """Compute dtype (f32, or f64 if any input is f64), hidden and bias cast to it, bias zeros if None."""
+  dt = _kernels.compute_dtype(h.dtype, w.dtype, *(() if b is None else (b.dtype,)))
+  b = jnp.zeros((w.shape[1],), dt) if b is None else b.astype(dt)
+  return dt, h.astype(dt), b
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+  if value not in choices:
+    raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}.")
+
+
+def check_float(name: str, value: Any, low: float, high: float | None = None, open_low: bool = False) -> float:
+  try:
+    x = float(value)
+  except (TypeError, jax.errors.ConcretizationTypeError) as e:
+    raise TypeError(f"{name} must be a concrete Python float; got {value!r}.") from e
+  if (x <= low if open_low else x < low) or (high is not None and x > high):
+    bounds = f"({low}, " if open_low else f"[{low}, "
+    raise ValueError(f"{name} must lie in {bounds}{'inf)' if high is None else str(high) + ']'}; got {x}.")
+  return x
+
+
+def block_size(name: str, requested: int | None, other: int, total: int) -> int:
+  """A block along an axis of length ``total``, about ``_BLOCK_ELEMENTS / other`` unless given."""
+  if requested is None:
+    return max(1, min(total, max(8, _BLOCK_ELEMENTS // max(other, 1))))
+  if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
+    raise ValueError(f"{name} must be a positive int; got {requested!r}.")
+  return min(requested, max(total, 1))
+
+
+def choose_mode(mode: str, reduction: str, n: int, d: int) -> str:
+  check_choice("mode", mode, ("auto", "fast", "low_memory"))
+  if mode == "fast" and reduction == "none":
+    raise ValueError(
+        "mode='fast' forms the gradients in the forward pass and needs a scalar loss: use reduction='sum' or "
+        "'mean', or mode='low_memory' (or 'auto') for per-token losses."
+    )
+  if mode == "auto":
+    return "fast" if reduction != "none" and n >= 2 * d else "low_memory"
+  return mode
+
+
+def reduce(per_token: jax.Array, weights: jax.Array, reduction: str) -> jax.Array:
+  """``none`` / ``sum`` / ``mean`` (``Σ ℓ / Σ w``; 0 with zero gradient when ``Σ w = 0``)."""
+  if reduction == "none":
+    return per_token
+  total = jnp.sum(per_token)
+  if reduction == "sum":
+    return total
+  count = jnp.sum(weights)
+  return jnp.where(count > 0, total / jnp.where(count > 0, count, 1), 0)
+
+
+def _run(spec: Spec, mode: str, reduction: str, h, w, b, aux, weights, token_mask):
+  """Per-token losses (masked and weighted), their reduction and the per-token logsumexp."""
+  if mode == "fast":
+    count = jnp.sum(weights)
+    scale = 1.0 if reduction == "sum" else jnp.where(count > 0, 1 / jnp.where(count > 0, count, 1), 0)
+    coef = jax.lax.stop_gradient(weights * scale)
+    total, loss, lse = _token_core(spec, h, w.astype(h.dtype), b, aux, coef)
+    return total, jnp.where(token_mask, weights * loss, 0), jax.lax.stop_gradient(lse)
+  loss, lse = vocab_core(spec, h, w, b, aux)
+  per_token = jnp.where(token_mask, weights * jnp.where(token_mask, loss, 0), 0)
+  return reduce(per_token, weights, reduction), per_token, jax.lax.stop_gradient(lse)
+
+
+# --------------------------------------------------------------------------- #
+# Public functions
+# --------------------------------------------------------------------------- #
+
+
+def prepare_labels(labels, token_shape, ignore_index, shift_labels, class_weights, vocab_size, dt):
+  """Flat labels, the mask of counted tokens and per-token weights (class weight of the label, 0 if not counted)."""
+  y = v.as_integer("labels", labels)
+  if y.shape != token_shape:
+    raise ValueError(
+        f"labels must have the shape of hidden without its last axis, {list(token_shape)}; got {list(y.shape)}."
+    )
+  if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+    raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}.")
+  y = y.astype(jnp.int32)
+  active = jnp.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+  if shift_labels:
+    if y.ndim == 0 or y.shape[-1] == 0:
+      raise ValueError("shift_labels=True needs a sequence axis: labels of shape [..., T] with T >= 1.")
+    y = jnp.concatenate([y[..., 1:], y[..., :1]], axis=-1)
+    active = jnp.concatenate([active[..., 1:], jnp.zeros_like(active[..., :1])], axis=-1)
+  y, active = y.reshape(-1), active.reshape(-1)
+  safe = jnp.where(active, y, 0)
+  if class_weights is None:
+    weights = active.astype(dt)
+  else:
+    cw = v.as_floating("class_weights", class_weights)
+    if cw.shape != (vocab_size,):
+      raise ValueError(f"class_weights must have shape [V] = [{vocab_size}]; got {list(cw.shape)}.")
+    in_range = (safe >= 0) & (safe < vocab_size)
+    picked = jnp.take(cw.astype(dt), jnp.clip(safe, 0, vocab_size - 1))
+    weights = jnp.where(active, jnp.where(in_range, picked, 1), 0)
+  return safe, active, jax.lax.stop_gradient(weights)
+
+
+def fused_linear_cross_entropy(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    softcap: float | None = None,
+    shift_labels: bool = False,
+    reduction: Reduction = "mean",
+    return_lse: bool = False,
+    mode: Mode = "auto",
+    token_block: int | None = None,
+    vocab_block: int | None = None,
+) -> jax.Array | tuple[jax.Array, jax.Array]:
+  r"""Cross-entropy of ``softmax(hidden @ weight + bias)`` against ``labels``, without the ``[N, V]`` logits.
+
+  With ``z = c(h W + b)`` (``c`` the optional soft-cap ``s·tanh(x/s)``),
+  ``ε`` the label smoothing and ``λ`` the z-loss coefficient, the loss of a token is
+
+  .. math:: \ell = (1 - ε)\,(\mathrm{lse}(z) - z_y) + ε\,(\mathrm{lse}(z) - \bar z) + λ\,\mathrm{lse}(z)^2
+
+  (``z̄`` the mean logit: uniform smoothing over all ``V`` classes), times the
+  class weight ``w[y]`` if given. It equals
+  ``jaxdiv.cross_entropy(hidden @ weight + bias, labels)`` (plus the options)
+  but is computed block by block, forward and backward.
+
+  Args:
+    hidden: hidden states ``[..., D]`` (e.g. ``[N, D]`` or ``[B, T, D]``).
+    weight: the unembedding ``[D, V]``.
+    labels: integer classes, ``hidden.shape[:-1]``.
+    bias: optional ``[V]`` output bias.
+    ignore_index: a label value whose tokens give 0 loss and zero gradient and
+      are left out of the mean (e.g. ``-100``).
+    class_weights: optional ``[V]`` weight per class (torch's ``weight``); the
+      mean is then ``Σ w[y] ℓ / Σ w[y]``. Not differentiated.
+    label_smoothing: ``ε`` in ``[0, 1]``.
+    z_loss: ``λ >= 0``, the PaLM auxiliary loss on ``lse(z)^2``.
+    softcap: ``s > 0`` to soft-cap the logits as ``s·tanh(z/s)`` (Gemma 2), or None.
+    shift_labels: next-token prediction: position ``t`` of the last axis
+      predicts ``labels[..., t + 1]``; the last position is ignored. Only the
+      labels are shifted, the hidden states are not copied.
+    reduction: ``"none"`` (per-token losses of ``labels.shape``, 0 where
+      ignored), ``"sum"`` or ``"mean"`` (over counted tokens; 0 if none).
+    return_lse: also return the per-token ``lse(z)`` (``labels.shape``,
+      float32; a side output with no gradient).
+    mode: ``"fast"`` (token blocks, gradients formed in the forward pass, a
+      ``[D, V]`` float32 accumulator; needs ``reduction != "none"``),
+      ``"low_memory"`` (vocabulary blocks, logits recomputed in the backward
+      pass) or ``"auto"`` (``"fast"`` if the loss is a scalar and ``N >= 2D``).
+    token_block: tokens per block in the fast mode (default about
+      ``2^21 / V``).
+    vocab_block: classes per block in the low-memory mode (default about
+      ``2^21 / N``).
+
+  Returns:
+    The reduced loss (scalar) or the per-token losses (``labels.shape``),
+    float32 (float64 for float64 inputs); with ``return_lse`` a pair
+    ``(loss, lse)``.
+
+  Numerics:
+    Logits are accumulated in float32 whatever the input dtype (bf16
+    ``hidden`` and ``weight`` give the float32 result of the upcast inputs),
+    and the loss is formed as ``log Σ exp(z - m) - (z_y - m)`` as in
+    :func:`jaxdiv.cross_entropy`: values and gradients match the materialised
+    computation to float32 rounding (tested to 1e-6 relative). No gradient
+    filtering. An out-of-range label that is not ``ignore_index`` gives a NaN
+    loss and zero gradient, as :func:`jaxdiv.cross_entropy`.
+
+  Transforms:
+    ``jit``, ``grad``/``vjp`` and ``vmap`` are supported. The derivative is a
+    ``custom_vjp`` (forming weight gradients block by block has no
+    forward-mode counterpart worth its cost), so ``jax.jvp``, ``jacfwd`` and
+    ``hessian`` raise JAX's ``TypeError`` ("can't apply forward-mode autodiff
+    (jvp) to a custom_vjp function"); use the materialised
+    :func:`jaxdiv.cross_entropy` for those. Only ``hidden``, ``weight`` and
+    ``bias`` are differentiated.
+
+  References:
+    Wijmans et al., "Cut Your Losses in Large-Vocabulary Language Models"
+    (Cut Cross-Entropy), arXiv:2411.09009. Chowdhery et al., PaLM (z-loss),
+    arXiv:2204.02311.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdiv
+    >>> h = jax.random.normal(jax.random.key(0), (6, 4))
+    >>> w = jax.random.normal(jax.random.key(1), (4, 10))
+    >>> y = jnp.array([1, 2, 3, 4, 5, -100])
+    >>> fused = jaxdiv.fused_linear_cross_entropy(h, w, y, ignore_index=-100)
+    >>> direct = jnp.sum(jaxdiv.cross_entropy(h @ w, jnp.where(y < 0, 0, y)) * (y >= 0)) / 5
+    >>> bool(jnp.allclose(fused, direct, rtol=1e-6))
+    True
+  """
+  h, w, b = check_linear(hidden, weight, bias)
+  check_choice("reduction", reduction, ("none", "sum", "mean"))
+  eps = check_float("label_smoothing", label_smoothing, 0.0, 1.0)
+  lam = check_float("z_loss", z_loss, 0.0)
+  cap = None if softcap is None else check_float("softcap", softcap, 0.0, open_low=True)
+  token_shape = h.shape[:-1]
+  d, vocab = w.shape
+  dt, h32, b32 = linear_dtypes(h, w, b)
+  y, active, weights = prepare_labels(labels, token_shape, ignore_index, shift_labels, class_weights, vocab, dt)
+  h32 = h32.reshape(-1, d)
+  n = h32.shape[0]
+  mode = choose_mode(mode, reduction, n, d)
+  block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
+      "vocab_block", vocab_block, n, vocab)
+  spec = Spec("ce", "labels", block, vocab, eps, lam, cap)
+  out, per_token, lse = _run(spec, mode, reduction, h32, w, b32, (y,), weights, active)
+  if reduction == "none":
+    out = per_token.reshape(token_shape)
+  return (out, lse.reshape(token_shape)) if return_lse else out
+
+
+def fused_linear_distillation(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    teacher: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    teacher_weight: ArrayLike | None = None,
+    teacher_bias: ArrayLike | None = None,
+    divergence: Divergence = "kl",
+    beta: float = 0.5,
+    temperature: float = 1.0,
+    where: ArrayLike | None = None,
+    reduction: Reduction = "mean",
+    mode: Mode = "auto",
+    token_block: int | None = None,
+    vocab_block: int | None = None,
+) -> jax.Array:
+  r"""Distillation divergence between a student ``(hidden, weight)`` and a teacher, without ``[N, V]`` logits.
+
+  With student ``q = softmax((h W + b)/T)`` and teacher
+  ``p = softmax(t/T)``, where ``t`` is ``teacher`` (logits ``[..., V]``) or
+  ``teacher @ teacher_weight + teacher_bias`` (teacher hidden states):
+
+  * ``"kl"``: ``KL(p ‖ q)`` (forward, as :func:`jaxdiv.kl_divergence_with_log_targets`);
+  * ``"reverse_kl"``: ``KL(q ‖ p)`` (as :func:`jaxdiv.reverse_kl_divergence`);
+  * ``"jsd"``: ``JSD_β = β KL(p‖m) + (1-β) KL(q‖m)``, ``m = βp + (1-β)q``
+    (as :func:`jaxdiv.jensen_shannon_divergence`, with its ``β = 0, 1`` ends).
+
+  Args:
+    hidden: student hidden states ``[..., D]``.
+    weight: student unembedding ``[D, V]``.
+    teacher: teacher logits ``[..., V]`` or, with ``teacher_weight``,
+      teacher hidden states ``[..., D_t]`` (same leading shape as ``hidden``).
+    bias: optional student bias ``[V]``.
+    teacher_weight: teacher unembedding ``[D_t, V]``, or None if ``teacher``
+      holds logits.
+    teacher_bias: optional teacher bias ``[V]``.
+    divergence: ``"kl"``, ``"reverse_kl"`` or ``"jsd"``.
+    beta: the teacher's weight in the JSD mixture, in ``[0, 1]``.
+    temperature: ``T > 0``, dividing both logits. (Multiply the result by
+      ``T**2`` yourself for Hinton's gradient scale.)
+    where: optional boolean token mask, ``hidden.shape[:-1]``: masked tokens
+      give 0 and are left out of the mean.
+    reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over unmasked tokens).
+    mode, token_block, vocab_block: as :func:`fused_linear_cross_entropy`.
+
+  Returns:
+    The reduced divergence (scalar) or per-token divergences
+    (``hidden.shape[:-1]``), float32 (float64 for float64 inputs).
+
+  Numerics:
+    The fast (token-block) mode applies jaxdiv's materialised row functions to
+    each block, so it has their accuracy (the accurate non-negative KL form).
+    The low-memory (vocabulary-block) mode sums the same non-negative terms
+    from log-probabilities normalised by an online logsumexp: equal to the
+    materialised result to float32 rounding for ordinary divergences, but
+    without :func:`jaxdiv.kl_divergence_with_log_targets`' renormalisation, so
+    a tiny KL (< 1e-6) between nearly equal distributions keeps only absolute
+    accuracy of order 1e-7. The teacher is a constant: it receives no gradient
+    (as under ``jax.lax.stop_gradient``).
+
+  Transforms:
+    ``jit``, ``grad`` and ``vmap``; a ``custom_vjp``, so no forward mode (see
+    :func:`fused_linear_cross_entropy`).
+
+  References:
+    Hinton et al., "Distilling the Knowledge in a Neural Network",
+    arXiv:1503.02531. Agarwal et al. (GKD, JSD_β), arXiv:2306.13649.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, jaxdiv
+    >>> h = jax.random.normal(jax.random.key(0), (6, 4))
+    >>> w = jax.random.normal(jax.random.key(1), (4, 10))
+    >>> t = jax.random.normal(jax.random.key(2), (6, 10))
+    >>> fused = jaxdiv.fused_linear_distillation(h, w, t, divergence="kl", reduction="none")
+    >>> bool(jnp.allclose(fused, jaxdiv.kl_divergence_with_log_targets(h @ w, t), rtol=1e-6))
+    True
+  """
+  h, w, b = check_linear(hidden, weight, bias)
+  check_choice("divergence", divergence, ("kl", "reverse_kl", "jsd"))
+  check_choice("reduction", reduction, ("none", "sum", "mean"))
+  beta = check_float("beta", beta, 0.0, 1.0)
+  temp = check_float("temperature", temperature, 0.0, open_low=True)
+  d, vocab = w.shape
+  token_shape = h.shape[:-1]
+  if teacher_weight is None:
+    if teacher_bias is not None:
+      raise ValueError("teacher_bias needs teacher_weight (teacher holds logits when teacher_weight is None).")
+    t = v.as_floating("teacher", teacher)
+    if t.shape != token_shape + (vocab,):
+      raise ValueError(
+          f"teacher logits must have shape {list(token_shape + (vocab,))} (hidden's tokens × V); "
+          f"got {list(t.shape)}. Pass teacher_weight if teacher holds hidden states."
+      )
+    dt, h32, b32 = linear_dtypes(h, w, b)
+    dt = _kernels.compute_dtype(dt, t.dtype)
+    h32, b32 = h32.astype(dt), b32.astype(dt)
+    aux = (jax.lax.stop_gradient(t.astype(dt).reshape(-1, vocab)),)
+    kind = "logits"
+  else:
+    th, tw, tb = check_linear(teacher, teacher_weight, teacher_bias, prefix="teacher_")
+    if tw.shape[1] != vocab or th.shape[:-1] != token_shape:
+      raise ValueError(
+          f"teacher_weight must have V = {vocab} columns and teacher hidden states the tokens {list(token_shape)}; "
+          f"got teacher_weight {list(tw.shape)}, teacher {list(th.shape)}."
+      )
+    dt, h32, b32 = linear_dtypes(h, w, b)
+    dt_t, th32, tb32 = linear_dtypes(th, tw, tb)
+    dt = _kernels.compute_dtype(dt, dt_t)
+    h32, b32 = h32.astype(dt), b32.astype(dt)
+    aux = jax.lax.stop_gradient((th32.astype(dt).reshape(-1, th.shape[-1]), tw, tb32.astype(dt)))
+    kind = "hidden"
+  if beta == 0.0 and divergence == "jsd":
+    divergence = "kl"
+  elif beta == 1.0 and divergence == "jsd":
+    divergence = "reverse_kl"
+  mask = jnp.ones(token_shape, bool) if where is None else v.mask(where, token_shape)
+  mask = mask.reshape(-1)
+  h32 = h32.reshape(-1, d)
+  n = h32.shape[0]
+  mode = choose_mode(mode, reduction, n, d)
+  if mode == "fast" and kind == "hidden":
+    aux = (aux[0], aux[1].astype(dt), aux[2])
+  block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
+      "vocab_block", vocab_block, n, vocab)
+  spec = Spec(divergence, kind, block, vocab, temperature=temp, beta=beta)
+  out, per_token, _ = _run(spec, mode, reduction, h32, w, b32, aux, mask.astype(dt), mask)
+  return per_token.reshape(token_shape) if reduction == "none" else out
