@@ -16,6 +16,13 @@ from jaxdiv._categorical import (
     soft_cross_entropy,
     soft_cross_entropy_with_log_targets,
 )
+from jaxdiv._fused import fused_linear_cross_entropy, fused_linear_distillation
+from jaxdiv._sharded import (
+    vocab_parallel_cross_entropy,
+    vocab_parallel_fused_linear_cross_entropy,
+    vocab_parallel_jensen_shannon_divergence,
+    vocab_parallel_kl_divergence,
+)
 from jaxdiv._validation import check_labels
 
 __version__ = "0.1.0"
@@ -26,10 +33,16 @@ __all__ = [
     "check_labels",
     "cross_entropy",
     "entropy",
+    "fused_linear_cross_entropy",
+    "fused_linear_distillation",
     "jensen_shannon_divergence",
     "kl_divergence",
     "kl_divergence_with_log_targets",
     "reverse_kl_divergence",
     "soft_cross_entropy",
     "soft_cross_entropy_with_log_targets",
+    "vocab_parallel_cross_entropy",
+    "vocab_parallel_fused_linear_cross_entropy",
+    "vocab_parallel_jensen_shannon_divergence",
+    "vocab_parallel_kl_divergence",
 ]

@@ -34,11 +34,11 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxdiv import _categorical, _kernels
+from jaxdiv import _categorical, _kernels, _reduction
 from jaxdiv import _validation as v
 
 Mode = Literal["auto", "fast", "low_memory"]
-Reduction = Literal["none", "sum", "mean"]
+Reduction = _reduction.Reduction
 Divergence = Literal["kl", "reverse_kl", "jsd"]
 
 # Default block: about 2^21 float32 elements (8 MiB) of logits per block.
@@ -54,7 +54,7 @@ class Spec(NamedTuple):
   vocab_size: int  # global V (differs from the local weight's V under vocab sharding)
   label_smoothing: float = 0.0
   z_loss: float = 0.0
-  softcap: float | None = None
+  soft_cap: float | None = None
   temperature: float = 1.0
   beta: float = 0.5
   axis_name: Any = None  # vocab mesh axis (inside shard_map) or None
@@ -96,14 +96,14 @@ def _finite_or_zero(x: jax.Array) -> jax.Array:
 
 
 def _capped(spec: Spec, z: jax.Array) -> jax.Array:
-  return z if spec.softcap is None else spec.softcap * jnp.tanh(z / spec.softcap)
+  return z if spec.soft_cap is None else spec.soft_cap * jnp.tanh(z / spec.soft_cap)
 
 
 def _cap_slope(spec: Spec, capped: jax.Array) -> jax.Array | float:
   """d capped / d raw, from the capped logits."""
-  if spec.softcap is None:
+  if spec.soft_cap is None:
     return 1.0
-  r = capped / spec.softcap
+  r = capped / spec.soft_cap
   return 1 - r * r
 
 
@@ -446,28 +446,25 @@ def choose_mode(mode: str, reduction: str, n: int, d: int) -> str:
   return mode
 
 
-def reduce(per_token: jax.Array, weights: jax.Array, reduction: str) -> jax.Array:
-  """``none`` / ``sum`` / ``mean`` (``Σ ℓ / Σ w``; 0 with zero gradient when ``Σ w = 0``)."""
-  if reduction == "none":
-    return per_token
-  total = jnp.sum(per_token)
-  if reduction == "sum":
-    return total
-  count = jnp.sum(weights)
-  return jnp.where(count > 0, total / jnp.where(count > 0, count, 1), 0)
+def run(spec: Spec, mode: str, reduction: str, normalizer, token_shape, h, w, b, aux, weights, token_mask):
+  """The reduced loss, the per-token losses (masked, weighted; ``token_shape``) and the per-token logsumexp.
 
+  The fast mode needs the coefficient of every token's loss in the reduced
+  output before the backward pass; :func:`jaxdiv._reduction.reduce` is linear
+  in the losses, so that coefficient is its gradient, taken once here.
+  """
 
-def _run(spec: Spec, mode: str, reduction: str, h, w, b, aux, weights, token_mask):
-  """Per-token losses (masked and weighted), their reduction and the per-token logsumexp."""
+  def reduce(per_token):
+    return _reduction.reduce(per_token.reshape(token_shape), reduction, weight=weights.reshape(token_shape),
+                             normalizer=normalizer)
+
   if mode == "fast":
-    count = jnp.sum(weights)
-    scale = 1.0 if reduction == "sum" else jnp.where(count > 0, 1 / jnp.where(count > 0, count, 1), 0)
-    coef = jax.lax.stop_gradient(weights * scale)
-    total, loss, lse = _token_core(spec, h, w.astype(h.dtype), b, aux, coef)
-    return total, jnp.where(token_mask, weights * loss, 0), jax.lax.stop_gradient(lse)
+    coef = weights * jax.grad(reduce)(jnp.zeros_like(weights))
+    total, loss, lse = _token_core(spec, h, w.astype(h.dtype), b, aux, jax.lax.stop_gradient(coef))
+    return total, jnp.where(token_mask, weights * loss, 0).reshape(token_shape), jax.lax.stop_gradient(lse)
   loss, lse = vocab_core(spec, h, w, b, aux)
   per_token = jnp.where(token_mask, weights * jnp.where(token_mask, loss, 0), 0)
-  return reduce(per_token, weights, reduction), per_token, jax.lax.stop_gradient(lse)
+  return reduce(per_token), per_token.reshape(token_shape), jax.lax.stop_gradient(lse)
 
 
 # --------------------------------------------------------------------------- #
@@ -515,9 +512,10 @@ def fused_linear_cross_entropy(
     class_weights: ArrayLike | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
-    softcap: float | None = None,
+    soft_cap: float | None = None,
     shift_labels: bool = False,
     reduction: Reduction = "mean",
+    normalizer: ArrayLike | None = None,
     return_lse: bool = False,
     mode: Mode = "auto",
     token_block: int | None = None,
@@ -546,12 +544,16 @@ def fused_linear_cross_entropy(
       mean is then ``Σ w[y] ℓ / Σ w[y]``. Not differentiated.
     label_smoothing: ``ε`` in ``[0, 1]``.
     z_loss: ``λ >= 0``, the PaLM auxiliary loss on ``lse(z)^2``.
-    softcap: ``s > 0`` to soft-cap the logits as ``s·tanh(z/s)`` (Gemma 2), or None.
+    soft_cap: ``s > 0`` to soft-cap the logits as ``s·tanh(z/s)`` (Gemma 2), or None.
     shift_labels: next-token prediction: position ``t`` of the last axis
       predicts ``labels[..., t + 1]``; the last position is ignored. Only the
       labels are shifted, the hidden states are not copied.
-    reduction: ``"none"`` (per-token losses of ``labels.shape``, 0 where
-      ignored), ``"sum"`` or ``"mean"`` (over counted tokens; 0 if none).
+    reduction: ``"mean"`` (the default here: over counted tokens,
+      class-weighted; 0 if none), ``"sum"``, ``"batchmean"`` or ``"none"``
+      (per-token losses of ``labels.shape``, 0 where ignored), as
+      :func:`jaxdiv.cross_entropy`.
+    normalizer: optional scalar that ``"mean"``/``"batchmean"`` divide by
+      instead (micro-batching).
     return_lse: also return the per-token ``lse(z)`` (``labels.shape``,
       float32; a side output with no gradient).
     mode: ``"fast"`` (token blocks, gradients formed in the forward pass, a
@@ -597,15 +599,15 @@ def fused_linear_cross_entropy(
     >>> w = jax.random.normal(jax.random.key(1), (4, 10))
     >>> y = jnp.array([1, 2, 3, 4, 5, -100])
     >>> fused = jaxdiv.fused_linear_cross_entropy(h, w, y, ignore_index=-100)
-    >>> direct = jnp.sum(jaxdiv.cross_entropy(h @ w, jnp.where(y < 0, 0, y)) * (y >= 0)) / 5
+    >>> direct = jaxdiv.cross_entropy(h @ w, y, ignore_index=-100, reduction="mean")
     >>> bool(jnp.allclose(fused, direct, rtol=1e-6))
     True
   """
   h, w, b = check_linear(hidden, weight, bias)
-  check_choice("reduction", reduction, ("none", "sum", "mean"))
+  _reduction.check(reduction, normalizer)
   eps = check_float("label_smoothing", label_smoothing, 0.0, 1.0)
   lam = check_float("z_loss", z_loss, 0.0)
-  cap = None if softcap is None else check_float("softcap", softcap, 0.0, open_low=True)
+  cap = None if soft_cap is None else check_float("soft_cap", soft_cap, 0.0, open_low=True)
   token_shape = h.shape[:-1]
   d, vocab = w.shape
   dt, h32, b32 = linear_dtypes(h, w, b)
@@ -616,9 +618,7 @@ def fused_linear_cross_entropy(
   block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
       "vocab_block", vocab_block, n, vocab)
   spec = Spec("ce", "labels", block, vocab, eps, lam, cap)
-  out, per_token, lse = _run(spec, mode, reduction, h32, w, b32, (y,), weights, active)
-  if reduction == "none":
-    out = per_token.reshape(token_shape)
+  out, _, lse = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, (y,), weights, active)
   return (out, lse.reshape(token_shape)) if return_lse else out
 
 
@@ -635,6 +635,7 @@ def fused_linear_distillation(
     temperature: float = 1.0,
     where: ArrayLike | None = None,
     reduction: Reduction = "mean",
+    normalizer: ArrayLike | None = None,
     mode: Mode = "auto",
     token_block: int | None = None,
     vocab_block: int | None = None,
@@ -665,7 +666,9 @@ def fused_linear_distillation(
       ``T**2`` yourself for Hinton's gradient scale.)
     where: optional boolean token mask, ``hidden.shape[:-1]``: masked tokens
       give 0 and are left out of the mean.
-    reduction: ``"none"``, ``"sum"`` or ``"mean"`` (over unmasked tokens).
+    reduction: ``"mean"`` (over unmasked tokens; the default), ``"sum"``,
+      ``"batchmean"`` or ``"none"``.
+    normalizer: optional scalar that ``"mean"``/``"batchmean"`` divide by instead.
     mode, token_block, vocab_block: as :func:`fused_linear_cross_entropy`.
 
   Returns:
@@ -702,7 +705,7 @@ def fused_linear_distillation(
   """
   h, w, b = check_linear(hidden, weight, bias)
   check_choice("divergence", divergence, ("kl", "reverse_kl", "jsd"))
-  check_choice("reduction", reduction, ("none", "sum", "mean"))
+  _reduction.check(reduction, normalizer)
   beta = check_float("beta", beta, 0.0, 1.0)
   temp = check_float("temperature", temperature, 0.0, open_low=True)
   d, vocab = w.shape
@@ -748,5 +751,4 @@ def fused_linear_distillation(
   block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
       "vocab_block", vocab_block, n, vocab)
   spec = Spec(divergence, kind, block, vocab, temperature=temp, beta=beta)
-  out, per_token, _ = _run(spec, mode, reduction, h32, w, b32, aux, mask.astype(dt), mask)
-  return per_token.reshape(token_shape) if reduction == "none" else out
+  return run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, aux, mask.astype(dt), mask)[0]

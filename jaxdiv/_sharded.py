@@ -25,7 +25,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jaxdiv import _fused
+from jaxdiv import _fused, _reduction
 from jaxdiv import _validation as v
 
 _INT_HINT = "For integer class labels use jaxdiv.vocab_parallel_cross_entropy."
@@ -279,9 +279,10 @@ def vocab_parallel_fused_linear_cross_entropy(
     class_weights: ArrayLike | None = None,
     label_smoothing: float = 0.0,
     z_loss: float = 0.0,
-    softcap: float | None = None,
+    soft_cap: float | None = None,
     shift_labels: bool = False,
     reduction: _fused.Reduction = "mean",
+    normalizer: ArrayLike | None = None,
     return_lse: bool = False,
     vocab_block: int | None = None,
 ) -> jax.Array | tuple[jax.Array, jax.Array]:
@@ -304,8 +305,8 @@ def vocab_parallel_fused_linear_cross_entropy(
     mesh: the device mesh.
     vocab_axis: mesh axis name that splits the vocabulary.
     token_axis: optional mesh axis name that splits the tokens.
-    bias, ignore_index, class_weights, label_smoothing, z_loss, softcap,
-      shift_labels, reduction, return_lse: as
+    bias, ignore_index, class_weights, label_smoothing, z_loss, soft_cap,
+      shift_labels, reduction, normalizer, return_lse: as
       :func:`jaxdiv.fused_linear_cross_entropy`.
     vocab_block: classes per block within a device's shard.
 
@@ -330,10 +331,10 @@ def vocab_parallel_fused_linear_cross_entropy(
     True
   """
   h, w, b = _fused.check_linear(hidden, weight, bias)
-  _fused.check_choice("reduction", reduction, ("none", "sum", "mean"))
+  _reduction.check(reduction, normalizer)
   eps = _fused.check_float("label_smoothing", label_smoothing, 0.0, 1.0)
   lam = _fused.check_float("z_loss", z_loss, 0.0)
-  cap = None if softcap is None else _fused.check_float("softcap", softcap, 0.0, open_low=True)
+  cap = None if soft_cap is None else _fused.check_float("soft_cap", soft_cap, 0.0, open_low=True)
   token_shape = h.shape[:-1]
   d, vocab = w.shape
   dt, h32, b32 = _fused.linear_dtypes(h, w, b)
@@ -352,8 +353,6 @@ def vocab_parallel_fused_linear_cross_entropy(
   tokens = P(token_axis)
   f = _shard_map(local, mesh, (P(token_axis, None), P(None, vocab_axis), P(vocab_axis), tokens), (tokens, tokens))
   loss, lse = f(h32, w, b32, y)
-  per_token = jnp.where(active, weights * jnp.where(active, loss, 0), 0)
-  out = _fused.reduce(per_token, weights, reduction)
-  if reduction == "none":
-    out = out.reshape(token_shape)
+  per_token = jnp.where(active, weights * jnp.where(active, loss, 0), 0).reshape(token_shape)
+  out = _reduction.reduce(per_token, reduction, weight=weights.reshape(token_shape), normalizer=normalizer)
   return (out, jax.lax.stop_gradient(lse).reshape(token_shape)) if return_lse else out
