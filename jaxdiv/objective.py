@@ -1,0 +1,265 @@
+"""Turn a jaxdiv loss and a model's apply function into a training objective.
+
+:class:`Objective` builds ``loss_fn(params, batch) -> (loss, aux)``, ready for
+``jax.value_and_grad(loss_fn, has_aux=True)``, ``nnx.value_and_grad`` or
+``TrainState`` loops, and its :meth:`Objective.value_fn` gives the scalar
+``params -> loss`` that optax's line-search optimisers (``optax.lbfgs`` with
+``optax.value_and_grad_from_state``) need. It works with any parameter pytree
+(optax, Flax linen, Haiku) and with Flax nnx modules passed as ``params``.
+
+The batch is a mapping:
+
+* ``batch["inputs"]``: the model's input, passed to ``apply_fn(params, inputs)``.
+* ``batch["labels"]``: the loss's target (integer labels, target probabilities
+  or teacher logits; the key is ``target_key``).
+* ``batch["mask"]`` (optional): per-example boolean mask, the shape of the
+  per-example loss; masked examples give 0 with zero gradient w.r.t. their
+  logits whatever their logits (NaN included) or labels (padding), and leave
+  the mean.
+* ``batch["where"]`` (optional): boolean mask of classes, broadcastable to
+  the logits (a masked vocabulary), passed to the loss as ``where``.
+* ``batch["normalizer"]`` (optional): the denominator of the mean, passed to
+  losses that take ``normalizer`` (micro-batches of one large batch).
+* any key named in ``batch_kwargs``, passed to the loss as a keyword argument
+  (e.g. ``{"labels": "labels"}`` for :func:`jaxdiv.distillation_loss`).
+
+The reduction belongs to the loss: a jaxdiv loss with a ``reduction``
+argument reduces itself (so ``ignore_index`` and ``class_weights`` keep their
+torch semantics); for any other callable returning per-example values the
+objective takes the mean (or sum) over unmasked examples, and an all-masked
+batch gives 0 with zero gradient.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+from collections.abc import Callable, Mapping
+from typing import Any, Generic, Literal, NamedTuple, TypeVar
+
+import jax
+import jax.numpy as jnp
+
+from jaxdiv import _reduction
+
+Params = TypeVar("Params")
+Batch = Mapping[str, Any]
+
+__all__ = ["Aux", "Objective"]
+
+
+class Aux(NamedTuple):
+  """Side outputs of an :class:`Objective` (a pytree; no gradient flows through them).
+
+  Attributes:
+    per_example: ``[...]`` per-example losses, 0 where ``batch["mask"]`` is False.
+    accuracy: scalar float32, the fraction of counted examples whose argmax
+      logit (over unmasked classes) is the label (the argmax of the target for
+      probability or logit targets).
+    count: scalar float32, the number of counted (unmasked) examples.
+    metrics: the loss's own side outputs (with ``return_aux``: z-loss,
+      logsumexp, entropy, ...) reduced like the loss, and each extra metric of
+      ``Objective.metrics`` as a mean over counted examples.
+  """
+
+  per_example: jax.Array
+  accuracy: jax.Array
+  count: jax.Array
+  metrics: dict[str, jax.Array]
+
+
+def _accepts(fn: Callable[..., Any], name: str) -> bool:
+  """Whether ``fn`` takes a keyword ``name`` (checked at trace time only)."""
+  try:
+    return name in inspect.signature(fn).parameters
+  except (TypeError, ValueError):  # a callable without a signature: the plain (logits, target) form
+    return False
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Objective(Generic[Params]):
+  """``loss_fn(params, batch) -> (loss, aux)`` from a jaxdiv loss and an apply function.
+
+  Args:
+    loss: a loss ``loss(logits, target, *, where=..., **kwargs)`` returning
+      per-example values, e.g. :func:`jaxdiv.cross_entropy`,
+      :func:`jaxdiv.distillation_loss` or a ``functools.partial`` of one.
+    apply_fn: ``apply_fn(params, inputs) -> logits``: ``lambda p, x:
+      model.apply({"params": p}, x)`` (linen), ``transformed.apply`` of
+      ``hk.without_apply_rng(hk.transform(f))`` (Haiku), ``lambda model, x:
+      model(x)`` (nnx, with the module as ``params``).
+    reduction: ``"mean"`` over counted examples (default) or ``"sum"``.
+    loss_kwargs: fixed keyword arguments for ``loss`` (``label_smoothing``,
+      ``z_loss``, ``temperature``, ...).
+    batch_kwargs: keyword arguments taken from the batch, as
+      ``{loss_keyword: batch_key}``.
+    metrics: extra per-example metrics ``{name: fn(logits, target)}``, logged
+      as means over counted examples (e.g. a KL next to a distillation loss).
+    return_aux: ask the loss for its side outputs (``return_aux=True``, e.g.
+      the z-loss part of :func:`jaxdiv.cross_entropy`); ignored by losses
+      without that option.
+    inputs_key: the batch key of the model input.
+    target_key: the batch key of the loss's target.
+    labels_key: the batch key of integer labels for the accuracy, if different
+      from the target (distillation); defaults to the target.
+    axis: the class axis of the logits.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, optax, jaxdiv
+    >>> from jaxdiv.objective import Objective
+    >>> loss_fn = Objective(jaxdiv.cross_entropy, lambda w, x: x @ w, loss_kwargs={"label_smoothing": 0.1})
+    >>> batch = {"inputs": jnp.eye(3), "labels": jnp.array([0, 1, 2])}
+    >>> tx = optax.sgd(1.0)
+    >>> @jax.jit
+    ... def step(w, state, batch):
+    ...   (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(w, batch)
+    ...   updates, state = tx.update(grads, state)
+    ...   return optax.apply_updates(w, updates), state, loss, aux
+    >>> w = jnp.zeros((3, 3))
+    >>> state = tx.init(w)
+    >>> for _ in range(20):
+    ...   w, state, loss, aux = step(w, state, batch)
+    >>> print(f"{float(loss):.2f} {float(aux.accuracy):.0%}")
+    0.33 100%
+  """
+
+  loss: Callable[..., Any]
+  apply_fn: Callable[[Any, Any], jax.Array]
+  reduction: Literal["mean", "sum"] = "mean"
+  loss_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+  batch_kwargs: Mapping[str, str] = dataclasses.field(default_factory=dict)
+  metrics: Mapping[str, Callable[[jax.Array, Any], jax.Array]] = dataclasses.field(default_factory=dict)
+  return_aux: bool = False
+  inputs_key: str = "inputs"
+  target_key: str = "labels"
+  labels_key: str | None = None
+  axis: int = -1
+
+  def __post_init__(self) -> None:
+    if self.reduction not in ("mean", "sum"):
+      raise ValueError(f"reduction must be 'mean' or 'sum'; got {self.reduction!r}.")
+    if not callable(self.loss) or not callable(self.apply_fn):
+      raise TypeError(f"loss and apply_fn must be callable; got {self.loss!r} and {self.apply_fn!r}.")
+
+  def __call__(self, params: Params, batch: Batch) -> tuple[jax.Array, Aux]:
+    """The scalar loss and its :class:`Aux` for ``params`` on ``batch``."""
+    for key in (self.inputs_key, self.target_key, *self.batch_kwargs.values()):
+      if key not in batch:
+        raise KeyError(f"batch has no {key!r} entry; it has {sorted(batch)}.")
+    logits = jnp.asarray(self.apply_fn(params, batch[self.inputs_key]))
+    target = batch[self.target_key]
+    axis = self.axis % logits.ndim
+    row_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
+    mask = self._row_mask(batch, row_shape)
+    where = self._where(batch, logits.shape, mask, axis)
+
+    kwargs = dict(self.loss_kwargs)
+    kwargs.update({name: batch[key] for name, key in self.batch_kwargs.items()})
+    if where is not None:
+      if not _accepts(self.loss, "where"):
+        raise TypeError(f"batch has a 'mask' or 'where' entry but the loss {self.loss!r} takes no `where`.")
+      kwargs["where"] = where
+    if self.axis != -1:
+      kwargs["axis"] = self.axis
+
+    metrics: dict[str, jax.Array] = {}
+    if _accepts(self.loss, "reduction"):
+      reduced_kwargs = dict(kwargs, reduction=self.reduction)
+      if "normalizer" in batch and _accepts(self.loss, "normalizer"):
+        reduced_kwargs["normalizer"] = batch["normalizer"]
+      if self.return_aux and _accepts(self.loss, "return_aux"):
+        loss, parts = self.loss(logits, target, **reduced_kwargs, return_aux=True)
+        metrics.update(parts)
+      else:
+        loss = self.loss(logits, target, **reduced_kwargs)
+      per_example = jax.lax.stop_gradient(self.loss(logits, target, **kwargs, reduction="none"))
+      per_example = _masked(per_example, mask)
+    else:
+      per_example = _masked(self.loss(logits, target, **kwargs), mask)
+      loss = _reduction.reduce(per_example, self.reduction, weight=mask)
+      per_example = jax.lax.stop_gradient(per_example)
+
+    counted = self._counted(batch, target, mask, row_shape)
+    count = jnp.asarray(per_example.size if counted is None else jnp.sum(counted), jnp.float32)
+    stopped = jax.lax.stop_gradient(logits)
+    correct = self._correct(stopped, batch, target, where, axis)
+    accuracy = _mean(correct, counted, count)
+    for name, fn in self.metrics.items():
+      metrics[name] = _mean(jnp.asarray(fn(stopped, target)), counted, count)
+    return loss, Aux(per_example, accuracy, count, metrics)
+
+  def value_fn(self, batch: Batch) -> Callable[[Params], jax.Array]:
+    """``params -> loss`` on a fixed ``batch``, for ``optax.value_and_grad_from_state``.
+
+    Examples:
+      >>> import jax, jax.numpy as jnp, optax, jaxdiv
+      >>> from jaxdiv.objective import Objective
+      >>> objective = Objective(jaxdiv.cross_entropy, lambda w, x: x @ w)
+      >>> batch = {"inputs": jnp.eye(3), "labels": jnp.array([0, 1, 2])}
+      >>> value_fn = objective.value_fn(batch)
+      >>> opt, w = optax.lbfgs(), jnp.zeros((3, 3))
+      >>> value_and_grad = optax.value_and_grad_from_state(value_fn)
+      >>> @jax.jit
+      ... def step(w, state):
+      ...   value, grad = value_and_grad(w, state=state)
+      ...   updates, state = opt.update(grad, state, w, value=value, grad=grad, value_fn=value_fn)
+      ...   return optax.apply_updates(w, updates), state
+      >>> state = opt.init(w)
+      >>> for _ in range(5):
+      ...   w, state = step(w, state)
+      >>> print(f"{float(value_fn(w)):.3f}")
+      0.015
+    """
+    return lambda params: self(params, batch)[0]
+
+  def _row_mask(self, batch: Batch, row_shape: tuple[int, ...]) -> jax.Array | None:
+    if batch.get("mask") is None:
+      return None
+    mask = jnp.asarray(batch["mask"])
+    if mask.dtype != jnp.bool_ or mask.shape != row_shape:
+      raise ValueError(
+          f"batch['mask'] must be a boolean per-example mask of shape {list(row_shape)} (the logits "
+          f"without the class axis); got {mask.dtype}{list(mask.shape)}."
+      )
+    return mask
+
+  def _where(self, batch, shape, mask, axis) -> jax.Array | None:
+    where = batch.get("where")
+    if where is not None:
+      where = jnp.asarray(where)
+      if where.dtype != jnp.bool_:
+        raise TypeError(f"batch['where'] must be a boolean class mask; got {where.dtype}.")
+      where = jnp.broadcast_to(where, shape)
+    if mask is not None:
+      rows = jnp.broadcast_to(jnp.expand_dims(mask, axis), shape)
+      where = rows if where is None else where & rows
+    return where
+
+  def _counted(self, batch, target, mask, row_shape) -> jax.Array | None:
+    """Examples that count for the accuracy: unmasked, and not ``ignore_index``."""
+    ignore = self.loss_kwargs.get("ignore_index")
+    labels = jnp.asarray(batch[self.labels_key] if self.labels_key is not None else target)
+    if ignore is None or not jnp.issubdtype(labels.dtype, jnp.integer) or labels.shape != row_shape:
+      return mask
+    kept = labels != ignore
+    return kept if mask is None else mask & kept
+
+  def _correct(self, logits, batch, target, where, axis) -> jax.Array:
+    if where is not None:
+      logits = jnp.where(where, logits, -jnp.inf)
+    predicted = jnp.argmax(logits, axis=axis)
+    labels = jnp.asarray(batch[self.labels_key] if self.labels_key is not None else target)
+    if jnp.issubdtype(labels.dtype, jnp.floating) and labels.shape == logits.shape:
+      if where is not None:
+        labels = jnp.where(where, labels, -jnp.inf)
+      labels = jnp.argmax(labels, axis=axis)
+    return (predicted == labels.astype(predicted.dtype)).astype(jnp.float32)
+
+
+def _masked(values: jax.Array, mask: jax.Array | None) -> jax.Array:
+  return values if mask is None else jnp.where(mask, values, jnp.zeros_like(values))
+
+
+def _mean(values: jax.Array, mask: jax.Array | None, count: jax.Array) -> jax.Array:
+  total = jnp.sum(_masked(values, mask).astype(jnp.float32))
+  return jnp.where(count > 0, total / jnp.maximum(count, 1), jnp.zeros_like(total))

@@ -1,0 +1,176 @@
+"""``jaxdiv.objective.Objective``: reductions, masks and aux, against direct jaxdiv calls.
+
+The training loops with optax, Flax and Haiku are in ``test_integrations.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+import zlib
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jaxdiv
+from jaxdiv.objective import Aux, Objective
+
+
+def _rng(*key) -> np.random.Generator:
+  return np.random.default_rng(zlib.crc32(repr(key).encode()))
+
+
+def _linear(w, x):
+  return x @ w
+
+
+def _batch(key, n=8, d=5, k=4):
+  rng = _rng(key)
+  w = jnp.asarray(rng.normal(size=(d, k)), jnp.float32)
+  x = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, k, size=n), jnp.int32)
+  return w, {"inputs": x, "labels": y}
+
+
+def _close(a, b, rtol=1e-6, atol=1e-6):
+  np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+
+
+def test_loss_and_aux_equal_direct_jaxdiv_calls():
+  w, batch = _batch("plain")
+  loss, aux = jax.jit(Objective(jaxdiv.cross_entropy, _linear))(w, batch)
+  logits = batch["inputs"] @ w
+  per = jaxdiv.cross_entropy(logits, batch["labels"])
+  assert isinstance(aux, Aux)
+  _close(loss, jnp.mean(per))
+  _close(aux.per_example, per)
+  _close(aux.accuracy, jnp.mean((jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)))
+  assert float(aux.count) == 8.0
+
+
+def test_value_and_grad_has_aux_and_value_fn_agree():
+  w, batch = _batch("grad")
+  objective = Objective(jaxdiv.cross_entropy, _linear, loss_kwargs={"label_smoothing": 0.1})
+  (loss, _), grad = jax.value_and_grad(objective, has_aux=True)(w, batch)
+  value_fn = objective.value_fn(batch)
+  _close(value_fn(w), loss)
+  _close(jax.grad(value_fn)(w), grad)
+  expected = jax.grad(lambda w: jaxdiv.cross_entropy(batch["inputs"] @ w, batch["labels"], label_smoothing=0.1,
+                                                     reduction="mean"))(w)
+  _close(grad, expected)
+
+
+def test_mask_drops_examples_even_with_junk_inputs_and_out_of_range_labels():
+  w, batch = _batch("mask")
+  mask = jnp.array([True, True, False, True, False, True, True, True])
+  padded = dict(batch, mask=mask,
+                inputs=jnp.where(mask[:, None], batch["inputs"], 1e30),
+                labels=jnp.where(mask, batch["labels"], -100))
+  objective = Objective(jaxdiv.cross_entropy, _linear)
+  (loss, aux), grad = jax.value_and_grad(objective, has_aux=True)(w, padded)
+  kept = {k: v[np.asarray(mask)] for k, v in batch.items()}
+  (loss_kept, aux_kept), grad_kept = jax.value_and_grad(objective, has_aux=True)(w, kept)
+  _close(loss, loss_kept)
+  _close(grad, grad_kept)
+  _close(aux.accuracy, aux_kept.accuracy)
+  assert float(aux.count) == 6.0
+  _close(aux.per_example[~mask], [0.0, 0.0])
+
+
+def test_masked_rows_with_nan_logits_give_zero_gradient():
+  logits = jnp.asarray(_rng("nan").normal(size=(4, 3)), jnp.float32).at[1].set(jnp.nan)
+  batch = {"inputs": None, "labels": jnp.array([0, -1, 2, 1]), "mask": jnp.array([True, False, True, True])}
+  (loss, _), grad = jax.value_and_grad(Objective(jaxdiv.cross_entropy, lambda z, _: z), has_aux=True)(logits, batch)
+  assert np.isfinite(float(loss))
+  assert np.all(np.isfinite(np.asarray(grad))) and np.all(np.asarray(grad[1]) == 0.0)
+
+
+def test_all_masked_batch_gives_zero_loss_and_zero_gradient():
+  w, batch = _batch("all masked")
+  batch = dict(batch, mask=jnp.zeros(8, bool))
+  for loss in (jaxdiv.cross_entropy, lambda z, y, where=None: jaxdiv.cross_entropy(z, y, where=where)):
+    (value, aux), grad = jax.value_and_grad(Objective(loss, _linear), has_aux=True)(w, batch)
+    assert float(value) == 0.0 and float(aux.accuracy) == 0.0 and float(aux.count) == 0.0
+    assert np.all(np.asarray(grad) == 0.0)
+
+
+def test_class_mask_from_batch_reaches_the_loss_and_the_accuracy():
+  w, batch = _batch("where")
+  where = jnp.array([True, False, True, True])
+  loss, aux = Objective(jaxdiv.cross_entropy, _linear)(w, dict(batch, where=where))
+  logits = batch["inputs"] @ w
+  _close(loss, jnp.mean(jaxdiv.cross_entropy(logits, batch["labels"], where=jnp.broadcast_to(where, logits.shape))))
+  predicted = jnp.argmax(jnp.where(where, logits, -jnp.inf), -1)
+  _close(aux.accuracy, jnp.mean((predicted == batch["labels"]).astype(jnp.float32)))
+
+
+def test_a_custom_loss_without_reduction_is_averaged_over_unmasked_examples():
+  w, batch = _batch("custom")
+  mask = jnp.array([True] * 5 + [False] * 3)
+
+  def squared_margin(logits, labels, where=None):
+    del where
+    return jnp.sum(logits**2, -1) - jnp.take_along_axis(logits, labels[:, None], -1)[:, 0]
+
+  for reduction, expected in (("mean", np.mean), ("sum", np.sum)):
+    loss, _ = Objective(squared_margin, _linear, reduction=reduction)(w, dict(batch, mask=mask))
+    per = squared_margin(batch["inputs"] @ w, batch["labels"])
+    _close(loss, expected(np.asarray(per)[:5]), rtol=1e-5)
+
+
+def test_ignore_index_and_class_weights_keep_the_loss_semantics():
+  w, batch = _batch("ignore")
+  labels = batch["labels"].at[:2].set(-100)
+  weights = jnp.array([1.0, 2.0, 0.5, 1.0])
+  kwargs = {"ignore_index": -100, "class_weights": weights}
+  loss, aux = Objective(jaxdiv.cross_entropy, _linear, loss_kwargs=kwargs)(w, dict(batch, labels=labels))
+  logits = batch["inputs"] @ w
+  _close(loss, jaxdiv.cross_entropy(logits, labels, reduction="mean", **kwargs))
+  assert float(aux.count) == 6.0  # ignored labels are not counted by the accuracy
+
+
+def test_return_aux_reports_the_z_loss_and_extra_metrics():
+  w, batch = _batch("aux")
+  kl = functools.partial(jaxdiv.kl_divergence_with_log_targets)
+  objective = Objective(jaxdiv.cross_entropy, _linear, loss_kwargs={"z_loss": 1e-2}, return_aux=True,
+                        metrics={"entropy": lambda z, y: jaxdiv.entropy(z)})
+  loss, aux = objective(w, batch)
+  logits = batch["inputs"] @ w
+  _, parts = jaxdiv.cross_entropy(logits, batch["labels"], z_loss=1e-2, reduction="mean", return_aux=True)
+  _close(aux.metrics["z_loss"], parts["z_loss"])
+  _close(aux.metrics["entropy"], jnp.mean(jaxdiv.entropy(logits)))
+  assert callable(kl)
+
+
+def test_distillation_with_labels_from_the_batch():
+  w, batch = _batch("distill")
+  teacher = jnp.asarray(_rng("teacher").normal(size=(8, 4)), jnp.float32)
+  objective = Objective(jaxdiv.distillation_loss, _linear, target_key="teacher_logits", labels_key="labels",
+                        loss_kwargs={"temperature": 2.0, "alpha": 0.3}, batch_kwargs={"labels": "labels"})
+  loss, aux = objective(w, dict(batch, teacher_logits=teacher))
+  logits = batch["inputs"] @ w
+  expected = jaxdiv.distillation_loss(logits, teacher, temperature=2.0, alpha=0.3, labels=batch["labels"],
+                                      reduction="mean")
+  _close(loss, expected)
+  _close(aux.accuracy, jnp.mean((jnp.argmax(logits, -1) == batch["labels"]).astype(jnp.float32)))
+
+
+def test_soft_targets_accuracy_uses_the_target_argmax():
+  w, batch = _batch("soft")
+  probs = jax.nn.one_hot(batch["labels"], 4)
+  _, soft = Objective(jaxdiv.soft_cross_entropy, _linear)(w, dict(batch, labels=probs))
+  _, hard = Objective(jaxdiv.cross_entropy, _linear)(w, batch)
+  _close(soft.accuracy, hard.accuracy)
+
+
+def test_errors_are_clear():
+  w, batch = _batch("errors")
+  with pytest.raises(KeyError, match="batch has no 'inputs' entry"):
+    Objective(jaxdiv.cross_entropy, _linear)(w, {"labels": batch["labels"]})
+  with pytest.raises(ValueError, match=r"batch\['mask'\] must be a boolean per-example mask of shape \[8\]"):
+    Objective(jaxdiv.cross_entropy, _linear)(w, dict(batch, mask=jnp.ones((8, 4), bool)))
+  with pytest.raises(TypeError, match="takes no `where`"):
+    Objective(lambda z, y: jnp.sum(z, -1), _linear)(w, dict(batch, mask=jnp.ones(8, bool)))
+  with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
+    Objective(jaxdiv.cross_entropy, _linear, reduction="none")
