@@ -52,15 +52,21 @@ def _check_layout(mesh, vocab_axis, token_axis, n: int, vocab: int) -> None:
 
 
 def _shard_map(fn, mesh, in_specs, out_specs):
-  """``shard_map`` under ``jit``, so inputs laid out differently (or not at all) are resharded to ``in_specs``."""
-  mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+  """``shard_map`` that first moves its inputs to the layout ``in_specs`` asks for.
 
+  Inside a trace (``jit``, ``grad``) an Auto mesh lets the partitioner reshard;
+  concrete inputs are placed with ``device_put``, and an Explicit mesh, where
+  sharding is part of the type, uses ``jax.reshard``.
+  """
+  mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
   explicit = any(t == AxisType.Explicit for t in mesh.axis_types)
 
-  @jax.jit
   def run(*args):
-    if explicit:  # sharding is part of the type: move the inputs to the layout the body needs
-      args = tuple(jax.reshard(a, NamedSharding(mesh, s)) for a, s in zip(args, in_specs))
+    shardings = [NamedSharding(mesh, s) for s in in_specs]
+    if explicit:
+      args = [jax.reshard(a, s) for a, s in zip(args, shardings)]
+    else:
+      args = [a if isinstance(a, jax.core.Tracer) else jax.device_put(a, s) for a, s in zip(args, shardings)]
     return mapped(*args)
 
   return run
