@@ -5,7 +5,7 @@ over the class ``axis`` and returns per-example values in float32 (float64 for
 float64 input). See the README for the numerical contract.
 """
 
-from jaxdiv._binary import binary_cross_entropy, binary_kl_divergence
+from jaxdiv._binary import binary_cross_entropy, binary_entropy, binary_kl_divergence
 from jaxdiv._categorical import (
     cross_entropy,
     entropy,
@@ -17,6 +17,13 @@ from jaxdiv._categorical import (
     soft_cross_entropy_with_log_targets,
 )
 from jaxdiv._fused import fused_linear_cross_entropy, fused_linear_distillation
+from jaxdiv._gaussian import (
+    gaussian_entropy,
+    gaussian_kl_divergence,
+    multivariate_normal_entropy,
+    multivariate_normal_kl_divergence,
+    standard_normal_kl_divergence,
+)
 from jaxdiv._sharded import (
     vocab_parallel_cross_entropy,
     vocab_parallel_fused_linear_cross_entropy,
@@ -29,18 +36,24 @@ __version__ = "0.1.0"
 
 __all__ = [
     "binary_cross_entropy",
+    "binary_entropy",
     "binary_kl_divergence",
     "check_labels",
     "cross_entropy",
     "entropy",
     "fused_linear_cross_entropy",
     "fused_linear_distillation",
+    "gaussian_entropy",
+    "gaussian_kl_divergence",
     "jensen_shannon_divergence",
     "kl_divergence",
     "kl_divergence_with_log_targets",
+    "multivariate_normal_entropy",
+    "multivariate_normal_kl_divergence",
     "reverse_kl_divergence",
     "soft_cross_entropy",
     "soft_cross_entropy_with_log_targets",
+    "standard_normal_kl_divergence",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_fused_linear_cross_entropy",
     "vocab_parallel_jensen_shannon_divergence",

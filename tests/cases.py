@@ -61,6 +61,7 @@ CASES: dict[str, Case] = {
     "entropy": Case(jaxdiv.entropy, ref.entropy, None),
     "binary_cross_entropy": Case(jaxdiv.binary_cross_entropy, ref.binary_cross_entropy, "binary_probs"),
     "binary_kl_divergence": Case(jaxdiv.binary_kl_divergence, ref.binary_kl_divergence, "logits"),
+    "binary_entropy": Case(jaxdiv.binary_entropy, ref.binary_entropy, None),
 }
 
 # Public names that are not losses of (logits, target); each is tested in its own module.
@@ -74,6 +75,13 @@ NOT_LOSSES = {
     "vocab_parallel_fused_linear_cross_entropy",
     "vocab_parallel_jensen_shannon_divergence",
     "vocab_parallel_kl_divergence",
+    # Gaussians take (mean, log-variance) pairs or Cholesky factors: tests/test_gaussian.py covers
+    # jit, vmap, grad, jacfwd, hessian and the float64 references.
+    "gaussian_entropy",
+    "gaussian_kl_divergence",
+    "multivariate_normal_entropy",
+    "multivariate_normal_kl_divergence",
+    "standard_normal_kl_divergence",
 }
 
 

@@ -1,0 +1,375 @@
+"""Closed-form KL divergence and entropy of Gaussian distributions.
+
+For generative models: a VAE's regulariser is KL(q(z|x) ‖ p(z)) between a
+diagonal Gaussian posterior and the prior. Unlike the categorical losses, whose
+target comes first inside the KL, here the **argument order is the KL order**:
+``f(mean, log_var, target_mean, target_log_var)`` is KL(N(mean, var) ‖
+N(target_mean, target_var)), i.e. the model (posterior) first, the target
+(prior) second, as in distrax/TFP's ``p.kl_divergence(q)``.
+
+Every divergence is a sum of non-negative terms written so that nearly equal
+distributions keep their relative accuracy. With ``δ = log σ₁² − log σ₂²``
+(twice the log-scale difference, exact from either parameterisation):
+
+.. math:: \\mathrm{KL} = \\tfrac12\\,(e^{δ} - 1 - δ) + \\tfrac12\\,((μ_1 - μ_2)/σ_2)^2
+
+where ``e^δ − 1 − δ`` comes from the kernel's ``expm1(δ) − δ`` series (full
+relative precision at ``|δ| = 1e-6``, where the direct difference keeps only a
+tenth of its digits in float32). KL is never formed as cross-entropy minus
+entropy, which cancels catastrophically.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from jax.scipy.linalg import solve_triangular
+from jax.typing import ArrayLike
+
+from jaxdiv import _kernels
+from jaxdiv import _validation as v
+
+Parameterization = Literal["log_var", "log_scale"]
+
+_HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
+
+
+def _broadcast(**named: jax.Array) -> list[jax.Array]:
+  """The arrays broadcast to one shape, or a ValueError listing every shape."""
+  try:
+    shape = jnp.broadcast_shapes(*(a.shape for a in named.values()))
+  except ValueError:
+    shapes = ", ".join(f"{k} {list(a.shape)}" for k, a in named.items())
+    raise ValueError(f"the Gaussian parameters must broadcast to one shape; got {shapes}.") from None
+  return [jnp.broadcast_to(a, shape) for a in named.values()]
+
+
+def _log_var_gap(log_spread: jax.Array, target_log_spread: jax.Array, parameterization: str) -> jax.Array:
+  """``δ = log σ₁² − log σ₂²`` (the difference first: exact for nearby values)."""
+  gap = log_spread - target_log_spread
+  return gap if parameterization == "log_var" else 2 * gap
+
+
+def _inv_scale(target_log_spread: jax.Array, parameterization: str) -> jax.Array:
+  """``1 / σ₂``."""
+  half = 0.5 if parameterization == "log_var" else 1.0
+  return jnp.exp(-half * target_log_spread)
+
+
+def _check_parameterization(parameterization: str) -> None:
+  if parameterization not in ("log_var", "log_scale"):
+    raise ValueError(f"parameterization must be 'log_var' or 'log_scale'; got {parameterization!r}.")
+
+
+def _reduce(terms: jax.Array, axis, where) -> jax.Array:
+  axes = v.reduce_axes(axis, terms.ndim, "mean")
+  mask = v.mask(where, terms.shape)
+  if mask is not None:
+    terms = jnp.where(mask, terms, 0)
+  return jnp.sum(terms, axis=axes) if axes else terms
+
+
+def _diag_kl_terms(mean, log_spread, target_mean, target_log_spread, parameterization, where):
+  """Per-dimension KL terms (before the reduction), masked inputs zeroed first."""
+  _check_parameterization(parameterization)
+  spread = parameterization
+  arrays = {
+      "mean": v.as_floating("mean", mean),
+      spread: v.as_floating(spread, log_spread),
+      "target_mean": v.as_floating("target_mean", target_mean),
+      f"target_{spread}": v.as_floating(f"target_{spread}", target_log_spread),
+  }
+  m1, s1, m2, s2 = v.to_compute(*_broadcast(**arrays))
+  mask = v.mask(where, m1.shape)
+  if mask is not None:  # NaN in a masked entry must reach neither value nor gradient
+    m1, s1, m2, s2 = (jnp.where(mask, a, 0) for a in (m1, s1, m2, s2))
+  gap = _log_var_gap(s1, s2, parameterization)
+  # e^δ − 1 − δ overflows to +inf (the true value) only when δ > 88 in float32.
+  var_term = 0.5 * _kernels._phi(gap)
+  z = (m1 - m2) * _inv_scale(s2, parameterization)
+  return var_term + 0.5 * jnp.square(z)
+
+
+_DIAG_NUMERICS = """
+  Numerics:
+    Both terms are non-negative and computed without cancellation: for
+    distributions whose log-scales and means differ by 1e-6 the float32 result
+    keeps a relative error below 1e-6 (about 1e-7 measured), where
+    ``var1/var2 - 1 - log(var1/var2)`` is off by 10% and cross-entropy minus
+    entropy by far more. Finite, with finite derivatives of every order, for
+    log-variances in [-80, 80] against the standard normal and whenever the log-variance
+    gap ``|δ| < 88``; beyond that the true value exceeds the float32 range and
+    is ``+inf``, never NaN. ``where`` drops dimensions: a dropped entry
+    contributes 0 with zero gradient, whatever it holds (NaN included).
+"""
+
+
+def gaussian_kl_divergence(
+    mean: ArrayLike,
+    log_var: ArrayLike,
+    target_mean: ArrayLike,
+    target_log_var: ArrayLike,
+    *,
+    parameterization: Parameterization = "log_var",
+    axis: int | tuple[int, ...] | None = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""KL(N(mean, var) ‖ N(target_mean, target_var)) between diagonal Gaussians.
+
+  .. math:: \mathrm{KL} = \sum_i \tfrac12\Big(e^{\delta_i} - 1 - \delta_i
+     + \frac{(\mu_i - \mu'_i)^2}{\sigma'^2_i}\Big),
+     \qquad \delta_i = \log\sigma_i^2 - \log\sigma'^2_i
+
+  The first distribution *inside* the KL is the first pair of arguments (the
+  model, e.g. a VAE posterior q(z|x)); the second is the target (e.g. a
+  learned prior). This is the reverse of :func:`jaxdiv.kl_divergence`, whose
+  target comes first inside the KL; here the order matches
+  ``distrax``/TFP's ``q.kl_divergence(p)``.
+
+  ``parameterization="log_scale"`` reads ``log_var`` and ``target_log_var`` as
+  log standard deviations instead. A switch rather than a ``_log_scale`` twin:
+  the two differ only by the exact factor 2 in ``δ`` and in ``1/σ'``, so they
+  share every line of the numerics, and :func:`standard_normal_kl_divergence`
+  and :func:`gaussian_entropy` take the same switch.
+
+  Args:
+    mean: means ``μ`` of the first distribution, ``[..., dim]``.
+    log_var: log-variances ``log σ²`` (or log-scales ``log σ``), broadcastable
+      with ``mean``.
+    target_mean: means ``μ'`` of the second distribution, broadcastable.
+    target_log_var: its log-variances (or log-scales), broadcastable.
+    parameterization: ``"log_var"`` or ``"log_scale"``.
+    axis: the event axes to sum over (an int or a tuple); None returns the
+      per-dimension terms.
+    where: optional boolean mask broadcastable to the parameters' shape;
+      masked dimensions are left out of the sum.
+
+  Returns:
+    The broadcast shape without ``axis``, float32 (float64 for float64 input).
+  {numerics}
+  Examples:
+    >>> import jax.numpy as jnp, jaxdiv
+    >>> kl = jaxdiv.gaussian_kl_divergence(jnp.array([1.0, 0.0]), jnp.log(jnp.array([4.0, 1.0])),
+    ...                                    jnp.zeros(2), jnp.zeros(2))
+    >>> print(f"{kl:.4f}")  # ½(4 - 1 - log 4 + 1) + 0
+    1.3069
+  """
+  terms = _diag_kl_terms(mean, log_var, target_mean, target_log_var, parameterization, where)
+  return _reduce(terms, axis, where)
+
+
+def standard_normal_kl_divergence(
+    mean: ArrayLike,
+    log_var: ArrayLike,
+    *,
+    parameterization: Parameterization = "log_var",
+    axis: int | tuple[int, ...] | None = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""KL(N(mean, var) ‖ N(0, I)): the VAE regulariser against its standard-normal prior.
+
+  .. math:: \mathrm{KL} = \sum_i \tfrac12\big(e^{\ell_i} - 1 - \ell_i + \mu_i^2\big),
+     \qquad \ell_i = \log\sigma_i^2
+
+  The same function as :func:`gaussian_kl_divergence` with a zero mean and a
+  zero log-variance target.
+
+  Args:
+    mean: posterior means, ``[..., latent_dim]``.
+    log_var: posterior log-variances (or log-scales, see ``parameterization``),
+      broadcastable with ``mean``.
+    parameterization: ``"log_var"`` or ``"log_scale"``.
+    axis: the latent axes to sum over; None returns per-dimension terms.
+    where: optional boolean mask broadcastable to ``mean.shape``.
+
+  Returns:
+    The broadcast shape without ``axis``, float32 (float64 for float64 input).
+  {numerics}
+  Examples:
+    >>> import jax.numpy as jnp, jaxdiv
+    >>> mean, log_var = jnp.array([[0.0, 0.0], [1.0, -1.0]]), jnp.zeros((2, 2))
+    >>> jaxdiv.standard_normal_kl_divergence(mean, log_var)
+    Array([0., 1.], dtype=float32)
+  """
+  m = v.as_floating("mean", mean)
+  zero = jnp.zeros((), m.dtype)
+  terms = _diag_kl_terms(m, log_var, zero, zero, parameterization, where)
+  return _reduce(terms, axis, where)
+
+
+def gaussian_entropy(
+    log_var: ArrayLike,
+    *,
+    parameterization: Parameterization = "log_var",
+    axis: int | tuple[int, ...] | None = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Differential entropy of a diagonal Gaussian, in nats.
+
+  .. math:: H = \sum_i \tfrac12\big(1 + \log 2\pi + \log\sigma_i^2\big)
+
+  It does not depend on the mean. Negative for small variances.
+
+  Args:
+    log_var: log-variances ``log σ²`` (or log-scales), ``[..., dim]``.
+    parameterization: ``"log_var"`` or ``"log_scale"``.
+    axis: the event axes to sum over; None returns per-dimension entropies.
+    where: optional boolean mask broadcastable to ``log_var.shape``.
+
+  Returns:
+    ``log_var.shape`` without ``axis``, float32 (float64 for float64 input).
+
+  Numerics:
+    Linear in the log-variance: exact and finite for any finite input; a
+    masked entry contributes 0 with zero gradient.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdiv
+    >>> h = jaxdiv.gaussian_entropy(jnp.zeros(3))   # N(0, I) in three dimensions
+    >>> print(f"{h:.4f}")
+    4.2568
+  """
+  _check_parameterization(parameterization)
+  (s,) = v.to_compute(v.as_floating(parameterization, log_var))
+  mask = v.mask(where, s.shape)
+  if mask is not None:
+    s = jnp.where(mask, s, 0)
+  half_log_var = 0.5 * s if parameterization == "log_var" else s
+  return _reduce(half_log_var + _HALF_LOG_2PI_E, axis, where)
+
+
+# --------------------------------------------------------------------------- #
+# Full covariance, from Cholesky factors
+# --------------------------------------------------------------------------- #
+
+
+def _tril_args(mean, scale_tril, mean_name, tril_name):
+  mu = v.as_floating(mean_name, mean)
+  tril = v.as_floating(tril_name, scale_tril)
+  if mu.ndim < 1 or tril.ndim < 2 or tril.shape[-2:] != (mu.shape[-1], mu.shape[-1]):
+    raise ValueError(
+        f"{tril_name} must have shape [..., dim, dim] with dim = {mean_name}.shape[-1]; got "
+        f"{mean_name} {list(mu.shape)} and {tril_name} {list(tril.shape)}."
+    )
+  return mu, tril
+
+
+def _log_abs_diagonal(tril: jax.Array) -> jax.Array:
+  return jnp.log(jnp.abs(jnp.diagonal(tril, axis1=-2, axis2=-1)))
+
+
+def _log_ratio(a: jax.Array, b: jax.Array) -> jax.Array:
+  """``log(a / b)`` for positive ``a``, ``b``, accurate when ``a ≈ b``.
+
+  ``log a - log b`` loses the digits of a ratio near 1 to the rounding of each
+  log (10% of ``s`` at ``a/b = 1 + 1e-6`` in float32); ``log1p((a - b) / b)``
+  keeps them (``a - b`` is exact there) but fails for ``a ≪ b``. Each form is
+  used where it is accurate, and the other branch is fed a harmless value.
+  """
+  near = jnp.abs(a - b) <= 0.5 * b
+  safe_b = jnp.where(near, b, 1)
+  ratio_m1 = jnp.where(near, (a - b) / safe_b, 0)
+  far = jnp.log(jnp.where(near, 1, a)) - jnp.log(jnp.where(near, 1, b))
+  return jnp.where(near, jnp.log1p(ratio_m1), far)
+
+
+def multivariate_normal_kl_divergence(
+    mean: ArrayLike,
+    scale_tril: ArrayLike,
+    target_mean: ArrayLike,
+    target_scale_tril: ArrayLike,
+) -> jax.Array:
+  r"""KL(N(mean, L Lᵀ) ‖ N(target_mean, L' L'ᵀ)) from Cholesky factors.
+
+  .. math:: \mathrm{KL} = \tfrac12\Big(\lVert L'^{-1} L\rVert_F^2 - k
+     + \lVert L'^{-1}(\mu - \mu')\rVert^2\Big) + \sum_i \log\frac{|L'_{ii}|}{|L_{ii}|}
+
+  As for :func:`gaussian_kl_divergence`, the first pair of arguments is the
+  first distribution inside the KL. On diagonal factors it equals
+  ``gaussian_kl_divergence(mean, 2 log|diag L|, ...)`` to rounding.
+
+  Args:
+    mean: ``[..., k]`` means of the first distribution.
+    scale_tril: ``[..., k, k]`` lower-triangular scale (Cholesky factor of the
+      covariance); entries above the diagonal are ignored; the diagonal must
+      be non-zero (either sign).
+    target_mean: ``[..., k]`` means of the second distribution.
+    target_scale_tril: ``[..., k, k]`` its lower-triangular scale.
+    Leading (batch) dimensions broadcast.
+
+  Returns:
+    ``[...]`` divergences, float32 (float64 for float64 input).
+
+  Numerics:
+    Two triangular solves, no inverse and no determinant. With
+    ``M = L'^{-1} L`` the sum is split into non-negative parts: the diagonal
+    ``M_ii² − 1 − 2 log|M_ii|`` as ``expm1(2s) − 2s`` with
+    ``s_i = log(|L_ii| / |L'_ii|)`` taken through ``log1p`` for nearby
+    factors (so the log-determinant never cancels against the trace), the strictly lower part of ``M`` solved from ``L − L'`` (zero when
+    the factors agree, not rounding noise), and the Mahalanobis term. Nearly
+    equal distributions keep float32 relative accuracy (~1e-6 measured at
+    differences of 1e-6, where the textbook trace − k + log-det form is off by
+    more than 100%).
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdiv
+    >>> L = jnp.array([[1.0, 0.0], [0.5, 1.0]])
+    >>> kl = jaxdiv.multivariate_normal_kl_divergence(jnp.zeros(2), L, jnp.zeros(2), jnp.eye(2))
+    >>> print(f"{kl:.4f}")  # ½ tr(L Lᵀ) - 1 - log|det L| = ½·2.25 - 1
+    0.1250
+  """
+  m1, l1 = _tril_args(mean, scale_tril, "mean", "scale_tril")
+  m2, l2 = _tril_args(target_mean, target_scale_tril, "target_mean", "target_scale_tril")
+  if m1.shape[-1] != m2.shape[-1]:
+    raise ValueError(
+        f"target_mean must have the event size of mean, {m1.shape[-1]}; got {list(m2.shape)}."
+    )
+  m1, l1, m2, l2 = v.to_compute(m1, l1, m2, l2)
+  batch = jnp.broadcast_shapes(m1.shape[:-1], l1.shape[:-2], m2.shape[:-1], l2.shape[:-2])
+  k = m1.shape[-1]
+  m1, m2 = (jnp.broadcast_to(a, batch + (k,)) for a in (m1, m2))
+  l1, l2 = (jnp.broadcast_to(jnp.tril(a), batch + (k, k)) for a in (l1, l2))
+  diag = lambda x: jnp.abs(jnp.diagonal(x, axis1=-2, axis2=-1))
+  s = _log_ratio(diag(l1), diag(l2))
+  diag_terms = 0.5 * jnp.sum(_kernels._phi(2 * s), axis=-1)
+  # Strictly lower part of L'⁻¹L = I + L'⁻¹(L − L'): exact zero for equal factors.
+  off = jnp.tril(solve_triangular(l2, l1 - l2, lower=True), k=-1)
+  off_terms = 0.5 * jnp.sum(jnp.square(off), axis=(-2, -1))
+  y = solve_triangular(l2, (m1 - m2)[..., None], lower=True)[..., 0]
+  return diag_terms + off_terms + 0.5 * jnp.sum(jnp.square(y), axis=-1)
+
+
+def multivariate_normal_entropy(scale_tril: ArrayLike) -> jax.Array:
+  r"""Differential entropy of N(μ, L Lᵀ) from its Cholesky factor, in nats.
+
+  .. math:: H = \tfrac{k}{2}\,(1 + \log 2\pi) + \sum_i \log|L_{ii}|
+
+  Args:
+    scale_tril: ``[..., k, k]`` lower-triangular scale; only its diagonal is read.
+
+  Returns:
+    ``[...]`` entropies, float32 (float64 for float64 input).
+
+  Numerics:
+    The log-determinant is the sum of ``log|L_ii|``: no determinant is formed,
+    so it neither overflows nor underflows for large ``k``.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdiv
+    >>> h = jaxdiv.multivariate_normal_entropy(2.0 * jnp.eye(3))
+    >>> print(f"{h:.4f}")  # 3·½(1 + log 2π) + 3 log 2
+    6.3362
+  """
+  tril = v.as_floating("scale_tril", scale_tril)
+  if tril.ndim < 2 or tril.shape[-1] != tril.shape[-2]:
+    raise ValueError(f"scale_tril must have shape [..., k, k]; got {list(tril.shape)}.")
+  (tril,) = v.to_compute(tril)
+  return tril.shape[-1] * _HALF_LOG_2PI_E + jnp.sum(_log_abs_diagonal(tril), axis=-1)
+
+
+for _f in (gaussian_kl_divergence, standard_normal_kl_divergence):
+  _f.__doc__ = _f.__doc__.replace("{numerics}", _DIAG_NUMERICS.strip())
+del _f
