@@ -12,11 +12,25 @@ def main(argv: list[str] | None = None) -> int:
   check = sub.add_parser("selfcheck", help="measure jaxdiv's numerical guarantees against optax and float64")
   check.add_argument("--quick", action="store_true", help="smaller vocabularies (seconds, for CI)")
   check.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
+  demo = sub.add_parser(
+      "demo", help="train a digits classifier and distil a student (no downloads), then print accuracies and "
+      "the jaxdiv-vs-optax numerics table; needs the examples extra",
+      description="Trains a teacher MLP on scikit-learn's bundled 8x8 digits with jaxdiv's label-smoothed "
+      "cross-entropy, a small student on hard labels and the same student distilled from the teacher "
+      "(temperature, T^2 scaling), with progress bars; then prints their test accuracies and the selfcheck "
+      "table of jaxdiv vs optax vs float64. Under two minutes on 2 CPU cores. Needs pip install 'jaxdiv[examples]'.",
+  )
+  demo.add_argument("--quick", action="store_true", help="fewer epochs and a smaller vocabulary (under 30 s, for CI)")
+  demo.add_argument("--seed", type=int, default=0, help="data split and initialisation seed")
   args = parser.parse_args(argv)
   if args.command == "selfcheck":
     from jaxdiv import _report
 
     return _report.main(quick=args.quick, markdown=args.markdown)
+  if args.command == "demo":
+    from jaxdiv import _demo
+
+    return _demo.main(quick=args.quick, seed=args.seed)
   return 1
 
 
