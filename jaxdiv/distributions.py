@@ -125,9 +125,13 @@ def kl_divergence(first: Any, second: Any) -> jax.Array:
       for the pair (or for any pair of their base classes).
 
   Numerics:
-    Those of the jaxdiv function the pair maps to (see the module table):
-    accurate for nearly equal distributions where distrax's Normal KL cancels,
-    finite where distrax's is NaN (Categorical logits of ``-inf`` in both).
+    Those of the jaxdiv function the pair maps to (see the module table). In
+    float32, for Normals whose means and log-scales differ by 1e-6, the
+    relative error is ~3e-7 where distrax's is ~0.4, and ~1e-7 for
+    MultivariateNormalTri where distrax's is off by orders of magnitude;
+    Bernoulli KLs keep ~1e-6 where distrax's ``p log p - p log q`` cancels.
+    Normal means of 1e30 with a target scale of 1e-10 give the finite KL,
+    where distrax forms ``μ₁/σ₂ - μ₂/σ₂ = inf - inf = NaN``.
 
   Examples:
     >>> import jaxdiv.distributions as jd
