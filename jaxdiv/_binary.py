@@ -4,7 +4,9 @@ Elementwise losses: with the default ``axis=None`` they return one value per
 element, as ``optax.sigmoid_binary_cross_entropy`` does; ``axis`` (an int or a
 tuple) sums over those axes, e.g. the label axis of a multi-label classifier.
 ``where`` (broadcastable to ``logits.shape``) drops elements from the sum; a
-dropped element contributes 0 with zero gradient.
+dropped element contributes 0 with zero gradient. ``reduction`` and
+``normalizer`` (see :mod:`jaxdiv._reduction`) reduce the returned values; an
+output element counts towards ``"mean"`` if any of its elements is unmasked.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from jaxdiv import _kernels
+from jaxdiv import _reduction
 from jaxdiv import _validation as v
+from jaxdiv._reduction import Reduction
 
 
 def _log_sigmoids(x: jax.Array) -> tuple[jax.Array, jax.Array]:
@@ -34,18 +38,14 @@ def _inputs(x: jax.Array, target: jax.Array, axis, where):
   return x, target, mask, axes
 
 
-def _reduce(terms: jax.Array, mask, axes) -> jax.Array:
-  if mask is not None:
-    terms = jnp.where(mask, terms, 0)
-  return jnp.sum(terms, axis=axes) if axes else terms
-
-
 def binary_cross_entropy(
     logits: ArrayLike,
     target_probs: ArrayLike,
     *,
     axis: int | tuple[int, ...] | None = None,
     where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Binary cross-entropy of sigmoid(``logits``) against target probabilities.
 
@@ -58,9 +58,13 @@ def binary_cross_entropy(
       labels are accepted and cast to float.
     axis: None (per element), or the axes to sum over.
     where: optional boolean mask broadcastable to ``logits.shape``.
+    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
+      output elements) or ``"batchmean"`` (sum / leading-axis size).
+    normalizer: optional scalar the means divide by instead (micro-batching).
 
   Returns:
-    ``logits.shape`` without ``axis``, float32 (float64 for float64 input).
+    ``logits.shape`` without ``axis`` (a scalar if reduced), float32 (float64
+    for float64 input).
 
   Numerics:
     Never forms ``σ(z)``: ``log σ`` is taken from the logit, so ``z = ±1e30``
@@ -77,13 +81,14 @@ def binary_cross_entropy(
     >>> print(f"{bce.mean():.4f}")
     0.2231
   """
+  _reduction.check(reduction, normalizer)
   x = v.as_floating("logits", logits)
   y = v.as_probabilities("target_probs", target_probs, "Pass probabilities in [0, 1] or 0/1 labels.")
   v.same_shape("target_probs", y, "logits", x)
   x, y, mask, axes = _inputs(x, y, axis, where)
   log_p1, log_p0 = _log_sigmoids(x)
   terms = _kernels.mul_safe(y, -log_p1) + _kernels.mul_safe(1 - y, -log_p0)
-  return _reduce(terms, mask, axes)
+  return _reduction.reduce_elements(terms, mask, axes, reduction, normalizer)
 
 
 def binary_kl_divergence(
@@ -92,6 +97,8 @@ def binary_kl_divergence(
     *,
     axis: int | tuple[int, ...] | None = None,
     where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""KL(Bernoulli(σ(t)) ‖ Bernoulli(σ(z))) from logits.
 
@@ -104,9 +111,13 @@ def binary_kl_divergence(
       deterministic target).
     axis: None (per element), or the axes to sum over.
     where: optional boolean mask broadcastable to ``logits.shape``.
+    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
+      output elements) or ``"batchmean"`` (sum / leading-axis size).
+    normalizer: optional scalar the means divide by instead (micro-batching).
 
   Returns:
-    ``logits.shape`` without ``axis``, float32 (float64 for float64 input).
+    ``logits.shape`` without ``axis`` (a scalar if reduced), float32 (float64
+    for float64 input).
 
   Numerics:
     Uses the categorical KL kernel on the two outcomes: non-negative, accurate
@@ -120,6 +131,7 @@ def binary_kl_divergence(
     >>> print(f"{kl:.4f}")
     0.0367
   """
+  _reduction.check(reduction, normalizer)
   x = v.as_floating("logits", logits)
   t = v.as_floating("target_logits", target_logits, "Pass target logits; for 0/1 labels use binary_cross_entropy.")
   v.same_shape("target_logits", t, "logits", x)
@@ -127,7 +139,7 @@ def binary_kl_divergence(
   log_q1, log_q0 = _log_sigmoids(x)
   log_p1, log_p0 = _log_sigmoids(t)
   terms = _kernels.kl_terms(log_p1, log_q1, True) + _kernels.kl_terms(log_p0, log_q0, True)
-  return _reduce(terms, mask, axes)
+  return _reduction.reduce_elements(terms, mask, axes, reduction, normalizer)
 
 
 def binary_entropy(
@@ -135,6 +147,8 @@ def binary_entropy(
     *,
     axis: int | tuple[int, ...] | None = None,
     where: ArrayLike | None = None,
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""Entropy of Bernoulli(sigmoid(``logits``)), in nats.
 
@@ -144,9 +158,13 @@ def binary_entropy(
     logits: logits ``z``, any shape.
     axis: None (per element), or the axes to sum over.
     where: optional boolean mask broadcastable to ``logits.shape``.
+    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
+      output elements) or ``"batchmean"`` (sum / leading-axis size).
+    normalizer: optional scalar the means divide by instead (micro-batching).
 
   Returns:
-    ``logits.shape`` without ``axis``, float32 (float64 for float64 input).
+    ``logits.shape`` without ``axis`` (a scalar if reduced), float32 (float64
+    for float64 input).
 
   Numerics:
     Both log-probabilities come from the logit (``log σ(±z)``), never from
@@ -159,8 +177,9 @@ def binary_entropy(
     >>> jaxdiv.binary_entropy(jnp.array([0.0, jnp.inf]))
     Array([0.6931472, 0.       ], dtype=float32)
   """
+  _reduction.check(reduction, normalizer)
   x = v.as_floating("logits", logits)
   x, _, mask, axes = _inputs(x, x, axis, where)
   log_p1, log_p0 = _log_sigmoids(x)
   terms = _kernels.mul_safe(jnp.exp(log_p1), -log_p1) + _kernels.mul_safe(jnp.exp(log_p0), -log_p0)
-  return _reduce(terms, mask, axes)
+  return _reduction.reduce_elements(terms, mask, axes, reduction, normalizer)
