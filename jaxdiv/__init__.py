@@ -16,6 +16,7 @@ from jaxdiv._categorical import (
     soft_cross_entropy,
     soft_cross_entropy_with_log_targets,
 )
+from jaxdiv._distill import distillation_loss, top_k_kl_divergence
 from jaxdiv._fused import fused_linear_cross_entropy, fused_linear_distillation
 from jaxdiv._gaussian import (
     gaussian_entropy,
@@ -24,6 +25,7 @@ from jaxdiv._gaussian import (
     multivariate_normal_kl_divergence,
     standard_normal_kl_divergence,
 )
+from jaxdiv._rl import kl_estimator
 from jaxdiv._sharded import (
     vocab_parallel_cross_entropy,
     vocab_parallel_fused_linear_cross_entropy,
@@ -40,6 +42,7 @@ __all__ = [
     "binary_kl_divergence",
     "check_labels",
     "cross_entropy",
+    "distillation_loss",
     "entropy",
     "fused_linear_cross_entropy",
     "fused_linear_distillation",
@@ -48,12 +51,14 @@ __all__ = [
     "jensen_shannon_divergence",
     "kl_divergence",
     "kl_divergence_with_log_targets",
+    "kl_estimator",
     "multivariate_normal_entropy",
     "multivariate_normal_kl_divergence",
     "reverse_kl_divergence",
     "soft_cross_entropy",
     "soft_cross_entropy_with_log_targets",
     "standard_normal_kl_divergence",
+    "top_k_kl_divergence",
     "vocab_parallel_cross_entropy",
     "vocab_parallel_fused_linear_cross_entropy",
     "vocab_parallel_jensen_shannon_divergence",

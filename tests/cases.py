@@ -64,9 +64,38 @@ CASES: dict[str, Case] = {
     "binary_entropy": Case(jaxdiv.binary_entropy, ref.binary_entropy, None),
 }
 
+# Training options (issue 3): each option keeps the whole contract, on the same matrix.
+CASES.update({
+    "cross_entropy_label_smoothing": Case(
+        jaxdiv.cross_entropy, ref.cross_entropy_options, "labels", {"label_smoothing": 0.1}),
+    "cross_entropy_t5x_normalized": Case(
+        jaxdiv.cross_entropy, ref.cross_entropy_options, "labels",
+        {"label_smoothing": 0.2, "smoothing": "t5x", "t5x_normalize": True}),
+    "cross_entropy_soft_cap_z_loss_ignore_index": Case(
+        jaxdiv.cross_entropy, ref.cross_entropy_options, "labels",
+        {"soft_cap": 30.0, "z_loss": 1e-3, "ignore_index": 2}),
+    "soft_cross_entropy_label_smoothing_soft_cap": Case(
+        jaxdiv.soft_cross_entropy, ref.soft_cross_entropy_options, "probs",
+        {"label_smoothing": 0.1, "soft_cap": 30.0, "z_loss": 1e-3}),
+    # teacher_gradient=True: the contract's derivatives w.r.t. the target are the teacher's.
+    "distillation_loss_temperature_0.5": Case(
+        jaxdiv.distillation_loss, ref.distillation_loss, "logits", {"temperature": 0.5, "teacher_gradient": True}),
+})
+
 # Public names that are not losses of (logits, target); each is tested in its own module.
 NOT_LOSSES = {
     "check_labels",
+    # (log_probs, ref_log_probs) of sampled tokens, and (logits, ids, log_probs): tests/test_rl.py and
+    # tests/test_distill.py cover jit, vmap, grad, jacfwd, hessian and the float64 references.
+    "kl_estimator",
+    "top_k_kl_divergence",
+    # Gaussians take (mean, log-variance) pairs or Cholesky factors: tests/test_gaussian.py covers
+    # jit, vmap, grad, jacfwd, hessian and the float64 references.
+    "gaussian_entropy",
+    "gaussian_kl_divergence",
+    "multivariate_normal_entropy",
+    "multivariate_normal_kl_divergence",
+    "standard_normal_kl_divergence",
     # Fused and vocab-parallel losses take (hidden, weight, labels) or a mesh: tests/test_fused.py and
     # tests/test_sharded.py compare them with the materialised losses under jit, vmap and grad.
     "fused_linear_cross_entropy",
@@ -75,13 +104,6 @@ NOT_LOSSES = {
     "vocab_parallel_fused_linear_cross_entropy",
     "vocab_parallel_jensen_shannon_divergence",
     "vocab_parallel_kl_divergence",
-    # Gaussians take (mean, log-variance) pairs or Cholesky factors: tests/test_gaussian.py covers
-    # jit, vmap, grad, jacfwd, hessian and the float64 references.
-    "gaussian_entropy",
-    "gaussian_kl_divergence",
-    "multivariate_normal_entropy",
-    "multivariate_normal_kl_divergence",
-    "standard_normal_kl_divergence",
 }
 
 

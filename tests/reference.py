@@ -213,3 +213,184 @@ def multivariate_normal_kl_exact(mean, scale_tril, target_mean, target_scale_tri
     maha = sum(dm[i] * aug[i][2 * k] for i in range(k))
     logdet = sum(2 * (abs(l2[i][i]).ln() - abs(l1[i][i]).ln()) for i in range(k))
     return float((trace - k + maha + logdet) / 2)
+
+
+# --------------------------------------------------------------------------- #
+# Training objectives (issue 3): reductions, CE options, distillation, RL
+# --------------------------------------------------------------------------- #
+
+
+def reduce(loss, reduction="none", weight=None, normalizer=None):
+  """none / sum / mean (Σℓ/Σw) / batchmean (Σℓ/leading size); a zero denominator gives 0."""
+  loss = np.asarray(loss, np.float64)
+  if reduction == "none":
+    return loss
+  total = loss.sum()
+  if reduction == "sum":
+    return total
+  if normalizer is not None:
+    den = float(normalizer)
+  elif reduction == "batchmean":
+    den = loss.shape[0] if loss.ndim else 1
+  else:
+    den = loss.size if weight is None else float(np.sum(weight))
+  return 0.0 if den == 0 else total / den
+
+
+def _capped(logits, where, soft_cap):
+  z = f64(logits)
+  if where is not None:
+    z = np.where(where, z, -np.inf)
+  if soft_cap is not None:
+    with np.errstate(invalid="ignore"):
+      z = np.where(z == -np.inf, -np.inf, soft_cap * np.tanh(z / soft_cap))
+  return z
+
+
+def _lse(z):
+  with np.errstate(divide="ignore"):
+    return special.logsumexp(z, axis=-1)
+
+
+def _xlogx(p):
+  with np.errstate(divide="ignore", invalid="ignore"):
+    return np.where(p > 0, p * np.log(np.where(p > 0, p, 1.0)), 0.0)
+
+
+def smoothed_targets(labels, support, label_smoothing, smoothing="uniform"):
+  """The dense smoothed target of the documented semantics (a one-hot built explicitly)."""
+  k = support.sum(-1, keepdims=True).astype(np.float64)
+  onehot = np.eye(support.shape[-1])[np.asarray(labels)]
+  eps = label_smoothing
+  if smoothing == "uniform":
+    return (1 - eps) * onehot + eps * support / np.where(k > 0, k, 1)
+  off_support = support & (onehot == 0)
+  k_off = off_support.sum(-1, keepdims=True)
+  conf = np.where(k_off > 0, 1 - eps, 1.0)
+  return conf * onehot + np.where(k_off > 0, eps / np.where(k_off > 0, k_off, 1), 0.0) * off_support
+
+
+def cross_entropy_options(logits, labels, axis=-1, where=None, ignore_index=None, class_weights=None,
+                          label_smoothing=0.0, smoothing="uniform", t5x_normalize=False, z_loss=0.0,
+                          soft_cap=None, reduction="none", normalizer=None, return_aux=False):
+  """cross_entropy with every training option, written from the documented formulas (last axis)."""
+  assert axis in (-1, np.ndim(logits) - 1)
+  if where is not None:
+    where = np.broadcast_to(where, np.shape(logits))
+  z = _capped(logits, where, soft_cap)
+  lq = log_softmax(z)
+  labels = np.asarray(labels)
+  num = lq.shape[-1]
+  in_range = (labels >= 0) & (labels < num)
+  y = np.where(in_range, labels, 0)
+  support = lq > -np.inf
+  target = smoothed_targets(y, support, label_smoothing, smoothing)
+  loss = -_xlogq(target, lq).sum(-1)
+  if t5x_normalize:
+    loss = loss + _xlogx(target).sum(-1)
+  lse = _lse(z)
+  zl = z_loss * np.where(lse == -np.inf, 0.0, lse) ** 2
+  loss = loss + zl
+  valid = np.ones(labels.shape, bool) if where is None else np.any(where, -1)
+  if ignore_index is not None:
+    valid &= labels != ignore_index
+  w = np.ones(labels.shape) if class_weights is None else np.asarray(class_weights, np.float64)[y]
+  w = np.where(valid, w, 0.0)
+  with np.errstate(invalid="ignore"):
+    loss = np.where(w == 0, 0.0, w * loss)
+  loss = np.where(valid, np.where(in_range, loss, np.nan), 0.0)
+  out = reduce(loss, reduction, w, normalizer)
+  if not return_aux:
+    return out
+  scale = w if reduction != "none" else valid.astype(float)
+  q = np.exp(lq)
+  aux = {
+      "z_loss": np.where(valid, w * zl, 0.0),
+      "logsumexp": np.where(valid, lse, 0.0) * scale,
+      "entropy": -_xlogq(q, lq).sum(-1) * scale,
+      "accuracy": (np.argmax(z, -1) == labels) * scale,
+  }
+  return out, {k: reduce(a, reduction, w, normalizer) for k, a in aux.items()}
+
+
+def soft_cross_entropy_options(logits, probs, axis=-1, where=None, label_smoothing=0.0, z_loss=0.0,
+                               soft_cap=None, reduction="none", normalizer=None):
+  if where is not None:
+    where = np.broadcast_to(where, np.shape(logits))
+  z = _capped(logits, where, soft_cap)
+  lq = log_softmax(z)
+  p = f64(probs) if where is None else np.where(where, f64(probs), 0.0)
+  support = lq > -np.inf
+  k = support.sum(-1, keepdims=True)
+  p = (1 - label_smoothing) * p + label_smoothing * support / np.where(k > 0, k, 1)
+  lse = _lse(z)
+  loss = -_xlogq(p, lq).sum(-1) + z_loss * np.where(lse == -np.inf, 0.0, lse) ** 2
+  valid = None if where is None else np.any(where, -1)
+  if valid is not None:
+    loss = np.where(valid, loss, 0.0)
+  return reduce(loss, reduction, valid, normalizer)
+
+
+def distillation_loss(student_logits, teacher_logits, temperature=1.0, divergence="forward_kl", beta=0.5,
+                      labels=None, alpha=0.5, ignore_index=None, scale_by_temperature_squared=True,
+                      axis=-1, where=None, reduction="none", normalizer=None, teacher_gradient=False):
+  """Hinton/GKD distillation from the formulas, with the JSD mixture formed explicitly."""
+  assert axis in (-1, np.ndim(student_logits) - 1)
+  z, t = f64(student_logits) / temperature, f64(teacher_logits) / temperature
+  if divergence == "forward_kl":
+    d = kl_divergence_with_log_targets(z, t, where=where)
+  elif divergence == "reverse_kl":
+    d = reverse_kl_divergence(z, t, where=where)
+  else:
+    d = jensen_shannon_divergence(z, t, beta=beta, where=where)
+  if scale_by_temperature_squared:
+    d = temperature**2 * d
+  valid = np.ones(d.shape, bool) if where is None else np.any(np.broadcast_to(where, z.shape), -1)
+  if labels is not None:
+    hard = cross_entropy_options(student_logits, labels, where=where, ignore_index=ignore_index)
+    d = alpha * hard + (1 - alpha) * d
+    if ignore_index is not None:
+      valid &= np.asarray(labels) != ignore_index
+  d = np.where(valid, d, 0.0)
+  return reduce(d, reduction, valid, normalizer)
+
+
+def top_k_kl_divergence(logits, ids, log_probs, tail="renormalize", where=None):
+  """Sparse-teacher KL from explicit distributions over the top-k (+ rest) outcomes (last axis)."""
+  lq = log_softmax(logits, where=where)
+  ids = np.asarray(ids)
+  lq_k = np.take_along_axis(lq, ids, -1)
+  lp_k = f64(log_probs)
+  if tail == "renormalize":
+    return kl(np.exp(log_softmax(lp_k)), log_softmax(lq_k), log_softmax(lp_k))
+  q_rest = np.exp(lq).sum(-1) - np.exp(lq_k).sum(-1)
+  rest_mask = np.ones(lq.shape, bool)
+  np.put_along_axis(rest_mask, ids, False, -1)
+  rest_empty = ~np.any(rest_mask & (lq > -np.inf), -1)
+  with np.errstate(divide="ignore"):
+    lq_rest = np.where(rest_empty, -np.inf, _lse(np.where(rest_mask, lq, -np.inf)))
+    p_rest = np.where(rest_empty, 0.0, np.maximum(1 - np.exp(lp_k).sum(-1), 0.0))
+    lp_rest = np.log(p_rest)
+  del q_rest
+  lq_b = np.concatenate([lq_k, lq_rest[..., None]], -1)
+  lp_b = np.concatenate([lp_k, lp_rest[..., None]], -1)
+  lp_b = log_softmax(lp_b)
+  return kl(np.exp(lp_b), log_softmax(lq_b), lp_b)
+
+
+def kl_estimator(log_probs, ref_log_probs, kind="k3", axis=None, where=None):
+  """Schulman's k1/k2/k3 with r = π_ref/π; k3 by a series for small |log r| (no cancellation)."""
+  lp, ref = f64(log_probs), f64(ref_log_probs)
+  if where is not None:
+    lp, ref = np.where(where, lp, 0.0), np.where(where, ref, 0.0)
+  with np.errstate(invalid="ignore", over="ignore"):
+    d = ref - lp
+    if kind == "k1":
+      terms = -d
+    elif kind == "k2":
+      terms = 0.5 * d**2
+    else:
+      series = d**2 / 2 + d**3 / 6 + d**4 / 24 + d**5 / 120
+      terms = np.where(np.abs(d) < 1e-3, series, np.expm1(d) - d)
+      terms = np.where(d == np.inf, np.inf, terms)
+  return _sum(terms, axis, where)
