@@ -12,15 +12,16 @@ searched in method resolution order) and evaluates jaxdiv's closed form, so a
 ``distrax`` is optional: this module never imports it at load time, and
 imports it only when a distrax object is passed. Pairs already registered:
 
-============================  ==========================================
-first / second distribution   jaxdiv function
-============================  ==========================================
-Normal / Normal               :func:`jaxdiv.gaussian_kl_divergence` (per element)
-MultivariateNormalDiag / Diag :func:`jaxdiv.gaussian_kl_divergence` (event axis)
-MultivariateNormalTri or Diag :func:`jaxdiv.multivariate_normal_kl_divergence`
-Bernoulli / Bernoulli         :func:`jaxdiv.binary_kl_divergence`
-Categorical / Categorical     :func:`jaxdiv.kl_divergence_with_log_targets`
-============================  ==========================================
+=======================================  ================================================
+first / second distribution              jaxdiv function
+=======================================  ================================================
+Normal / Normal                          :func:`jaxdiv.gaussian_kl_divergence` (per element)
+MultivariateNormalDiag / same            :func:`jaxdiv.gaussian_kl_divergence` (event axis)
+MultivariateNormalTri / Tri or Diag      :func:`jaxdiv.multivariate_normal_kl_divergence`
+MultivariateNormalDiag / Tri             :func:`jaxdiv.multivariate_normal_kl_divergence`
+Bernoulli / Bernoulli                    :func:`jaxdiv.binary_kl_divergence`
+Categorical / Categorical                :func:`jaxdiv.kl_divergence_with_log_targets`
+=======================================  ================================================
 
 Other libraries' types (or your own) are added with :func:`register_kl` and
 :func:`register_entropy`.
