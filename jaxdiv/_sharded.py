@@ -128,7 +128,7 @@ def vocab_parallel_cross_entropy(
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, jaxdiv
-    >>> mesh = jax.make_mesh((len(jax.devices()),), ("vocab",))
+    >>> mesh = jax.sharding.Mesh(np.array(jax.devices()), ("vocab",))
     >>> logits = jnp.asarray(np.random.default_rng(0).normal(size=(4, 64)), jnp.float32)
     >>> labels = jnp.array([0, 5, 63, 17])
     >>> loss = jaxdiv.vocab_parallel_cross_entropy(logits, labels, mesh=mesh, vocab_axis="vocab")
@@ -209,7 +209,7 @@ def vocab_parallel_kl_divergence(
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, jaxdiv
-    >>> mesh = jax.make_mesh((len(jax.devices()),), ("vocab",))
+    >>> mesh = jax.sharding.Mesh(np.array(jax.devices()), ("vocab",))
     >>> rng = np.random.default_rng(0)
     >>> z, t = (jnp.asarray(rng.normal(size=(4, 64)), jnp.float32) for _ in range(2))
     >>> kl = jaxdiv.vocab_parallel_kl_divergence(z, t, mesh=mesh, vocab_axis="vocab")
@@ -257,7 +257,7 @@ def vocab_parallel_jensen_shannon_divergence(
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, jaxdiv
-    >>> mesh = jax.make_mesh((len(jax.devices()),), ("vocab",))
+    >>> mesh = jax.sharding.Mesh(np.array(jax.devices()), ("vocab",))
     >>> rng = np.random.default_rng(0)
     >>> z, t = (jnp.asarray(rng.normal(size=(4, 64)), jnp.float32) for _ in range(2))
     >>> jsd = jaxdiv.vocab_parallel_jensen_shannon_divergence(z, t, mesh=mesh, vocab_axis="vocab")
@@ -326,7 +326,8 @@ def vocab_parallel_fused_linear_cross_entropy(
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, jaxdiv
-    >>> mesh = jax.make_mesh((2, len(jax.devices()) // 2), ("data", "vocab"))
+    >>> mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, -1) if len(jax.devices()) % 2 == 0
+    ...                          else np.array(jax.devices()).reshape(1, -1), ("data", "vocab"))
     >>> rng = np.random.default_rng(0)
     >>> h = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
     >>> w = jnp.asarray(rng.normal(size=(4, 64)), jnp.float32)

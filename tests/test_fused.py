@@ -280,8 +280,10 @@ def test_distillation_from_teacher_logits_matches_materialised(mode, divergence,
   want, want_grads = jax.value_and_grad(materialised, (0, 1, 2))(h, w, b)
   got, grads = jax.jit(jax.value_and_grad(fused, (0, 1, 2)))(h, w, b)
   _assert_close(got, want)
+  # The vocabulary schedule forms log p and log q from separately accumulated logsumexps (no final
+  # renormalisation, see the docstring): its gradients carry a few float32 roundings more.
   for g, gw in zip(grads, want_grads):
-    _assert_close(g, gw)
+    _assert_close(g, gw, rtol=1e-6 if mode == "fast" else 3e-6)
 
 
 @pytest.mark.parametrize("mode", MODES)

@@ -1,0 +1,205 @@
+"""Benchmark: memory and time of the fused linear cross-entropy against the materialised loss.
+
+``python -m jaxdiv bench-fused [--quick] [--out DIR]`` compiles the value and
+gradient (w.r.t. hidden and weight) of a mean cross-entropy four ways:
+
+* ``naive``: ``jaxdiv.cross_entropy(hidden @ weight, labels)``, the ``[N, V]``
+  logits and their gradient materialised;
+* ``checkpointed scan``: a ``lax.scan`` over token chunks whose body is
+  wrapped in ``jax.checkpoint`` (the usual hand-rolled JAX workaround);
+* ``fused fast`` and ``fused low_memory``: :func:`jaxdiv.fused_linear_cross_entropy`.
+
+It prints XLA's compiled temporary memory
+(``jit(f).lower(...).compile().memory_analysis().temp_size_in_bytes``) and the
+best of a few wall-clock runs (timed round-robin), with ratios against the naive and checkpointed
+paths, then sweeps the vocabulary size (memory only: compiling is enough) and
+the block sizes (time and memory), writing PNG plots (if matplotlib is
+installed) and a JSON file to ``--out``. Times are best-of-``repeats`` on a
+possibly shared machine: read the ratios, not the absolute numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxdiv
+
+MiB = 1 << 20
+
+
+def _inputs(n: int, d: int, vocab: int, seed: int = 0):
+  rng = np.random.default_rng(seed)
+  h = jnp.asarray(rng.normal(size=(n, d)) / np.sqrt(d), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(d, vocab)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, vocab, size=n), jnp.int32)
+  return h, w, y
+
+
+def _naive(h, w, y):
+  return jaxdiv.cross_entropy(h @ w, y, reduction="mean")
+
+
+def _checkpointed_scan(chunk: int):
+  def loss(h, w, y):
+    n, d = h.shape
+
+    @jax.checkpoint
+    def chunk_loss(hc, yc):
+      return jnp.sum(jaxdiv.cross_entropy(hc @ w, yc))
+
+    def body(total, xs):
+      return total + chunk_loss(*xs), None
+
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), (h.reshape(-1, chunk, d), y.reshape(-1, chunk)))
+    return total / n
+
+  return loss
+
+
+def _fused(mode: str, **blocks):
+  return lambda h, w, y: jaxdiv.fused_linear_cross_entropy(h, w, y, mode=mode, **blocks)
+
+
+def _compiled(loss, h, w, y):
+  return jax.jit(jax.value_and_grad(loss, (0, 1))).lower(h, w, y).compile()
+
+
+def measure(loss, h, w, y, repeats: int) -> dict:
+  """Compiled temporary bytes and the best wall time of ``repeats`` runs (after one warm-up)."""
+  return measure_all({"f": loss}, h, w, y, repeats)["f"]
+
+
+def measure_all(methods: dict, h, w, y, repeats: int) -> dict:
+  """:func:`measure` for several methods, timed round-robin so that a busy machine slows them alike."""
+  compiled = {name: _compiled(loss, h, w, y) for name, loss in methods.items()}
+  rows = {name: {"temp_mib": c.memory_analysis().temp_size_in_bytes / MiB} for name, c in compiled.items()}
+  if repeats == 0:
+    return rows
+  for c in compiled.values():
+    jax.block_until_ready(c(h, w, y))
+  for _ in range(repeats):
+    for name, c in compiled.items():
+      start = time.perf_counter()
+      jax.block_until_ready(c(h, w, y))
+      elapsed = time.perf_counter() - start
+      rows[name]["seconds"] = min(rows[name].get("seconds", elapsed), elapsed)
+  return rows
+
+
+def _table(rows: dict, baselines=("naive", "checkpointed scan")) -> str:
+  lines = [f"{'method':<22}{'temp MiB':>10}{'time s':>9}" + "".join(f"{'mem/' + b[:5]:>12}{'time/' + b[:5]:>12}"
+                                                                   for b in baselines)]
+  for name, r in rows.items():
+    cells = f"{name:<22}{r['temp_mib']:>10.1f}{r.get('seconds', float('nan')):>9.3f}"
+    for b in baselines:
+      ref = rows[b]
+      mem = r["temp_mib"] / ref["temp_mib"] if ref["temp_mib"] else float("nan")
+      t = r.get("seconds", float("nan")) / ref.get("seconds", float("nan"))
+      cells += f"{mem:>12.3f}{t:>12.3f}"
+    lines.append(cells)
+  return "\n".join(lines)
+
+
+def main(quick: bool = False, out: str = "bench_results", repeats: int | None = None) -> int:
+  n, d, vocab = (1024, 256, 16384) if quick else (4096, 1024, 65536)
+  repeats = 3 if repeats is None else repeats
+  chunk = 256
+  print(f"jax {jax.__version__} on {jax.devices()[0].platform} ({len(jax.devices())} devices); "
+        f"N={n} D={d} V={vocab} float32, value_and_grad w.r.t. hidden and weight\n")
+  h, w, y = _inputs(n, d, vocab)
+  methods = {
+      "naive": _naive,
+      "checkpointed scan": _checkpointed_scan(chunk),
+      "fused fast": _fused("fast"),
+      "fused low_memory": _fused("low_memory"),
+  }
+  rows = measure_all(methods, h, w, y, repeats)
+  print(_table(rows))
+  acc = d * vocab * 4 / MiB
+  fast, low, naive = rows["fused fast"], rows["fused low_memory"], rows["naive"]
+  print(f"\n[D, V] float32 accumulator: {acc:.0f} MiB. Goals (issue 7):")
+  print(f"  fast: time <= 1.05x naive -> {fast['seconds'] / naive['seconds']:.3f}x; "
+        f"temp <= accumulator + 64 MiB = {acc + 64:.0f} MiB -> {fast['temp_mib']:.1f} MiB")
+  print(f"  low_memory: temp >= 16x below naive -> {naive['temp_mib'] / max(low['temp_mib'], 1e-9):.1f}x; "
+        f"time <= 1.4x naive -> {low['seconds'] / naive['seconds']:.3f}x")
+  ck = rows["checkpointed scan"]
+  print(f"  vs checkpointed scan: fast time {fast['seconds'] / ck['seconds']:.3f}x, "
+        f"low_memory temp {low['temp_mib'] / max(ck['temp_mib'], 1e-9):.3f}x")
+
+  # Peak temporary memory versus vocabulary size (compile only).
+  vocabs = [4096, 8192, 16384, 32768] if quick else [8192, 16384, 32768, 65536, 131072, 262144]
+  sweep_v = {name: [] for name in methods}
+  for vv in vocabs:
+    hv, wv, yv = _inputs(n, d, vv)
+    for name, loss in methods.items():
+      sweep_v[name].append(measure(loss, hv, wv, yv, 0)["temp_mib"])
+  print("\ntemporary MiB vs V:", json.dumps({"V": vocabs, **sweep_v}))
+
+  # Time / memory trade-off across block sizes (at a smaller shape when not --quick, to keep it short).
+  bn, bd, bv = (n, d, vocab) if quick else (2048, 512, 32768)
+  hb, wb, yb = _inputs(bn, bd, bv)
+  sweep = {"naive": _naive}
+  fast_blocks, low_blocks = (32, 64, 128, 256, 512), (256, 512, 1024, 2048, 4096)
+  sweep |= {f"fast {b}": _fused("fast", token_block=b) for b in fast_blocks}
+  sweep |= {f"low_memory {b}": _fused("low_memory", vocab_block=b) for b in low_blocks}
+  timed = measure_all(sweep, hb, wb, yb, 2)
+  base = timed["naive"]
+  trade = {"fast": [{"block": b, **timed[f"fast {b}"]} for b in fast_blocks],
+           "low_memory": [{"block": b, **timed[f"low_memory {b}"]} for b in low_blocks]}
+  print(f"\nblock-size trade-off at N={bn} D={bd} V={bv} (naive: {base}):")
+  for mode, points in trade.items():
+    for p in points:
+      print(f"  {mode:<11} block {p['block']:>5}: temp {p['temp_mib']:8.1f} MiB, time {p['seconds']:.3f} s "
+            f"({p['seconds'] / base['seconds']:.2f}x naive)")
+
+  os.makedirs(out, exist_ok=True)
+  results = {"shape": [n, d, vocab], "rows": rows, "vocab_sweep": {"V": vocabs, **sweep_v},
+             "tradeoff": {"shape": [bn, bd, bv], "naive": base, **trade}}
+  with open(os.path.join(out, "fused.json"), "w") as f:
+    json.dump(results, f, indent=1)
+  _plots(results, out)
+  return 0
+
+
+def _plots(results: dict, out: str) -> None:
+  try:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+  except ImportError:
+    print(f"\nmatplotlib not installed: wrote {out}/fused.json only.")
+    return
+  sweep = results["vocab_sweep"]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for name, values in sweep.items():
+    if name != "V":
+      ax.plot(sweep["V"], values, marker="o", label=name)
+  n, d, _ = results["shape"]
+  ax.set(xscale="log", yscale="log", xlabel="vocabulary size V", ylabel="compiled temporaries (MiB)",
+         title=f"value_and_grad of mean CE, N={n}, D={d}, float32")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "fused_memory_vs_vocab.png"), dpi=120)
+  trade = results["tradeoff"]
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for mode in ("fast", "low_memory"):
+    pts = trade[mode]
+    ax.plot([p["temp_mib"] for p in pts], [p["seconds"] / trade["naive"]["seconds"] for p in pts], marker="o",
+            label=f"fused {mode}")
+    for p in pts:
+      ax.annotate(str(p["block"]), (p["temp_mib"], p["seconds"] / trade["naive"]["seconds"]), fontsize=7)
+  ax.scatter([trade["naive"]["temp_mib"]], [1.0], color="k", label="naive")
+  bn, bd, bv = trade["shape"]
+  ax.set(xscale="log", xlabel="compiled temporaries (MiB)", ylabel="time / naive",
+         title=f"block-size trade-off, N={bn}, D={bd}, V={bv}")
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(os.path.join(out, "fused_tradeoff.png"), dpi=120)
+  print(f"\nwrote {out}/fused.json, fused_memory_vs_vocab.png, fused_tradeoff.png")
