@@ -12,6 +12,9 @@ def main(argv: list[str] | None = None) -> int:
   check = sub.add_parser("selfcheck", help="measure jaxdiv's numerical guarantees against optax and float64")
   check.add_argument("--quick", action="store_true", help="smaller vocabularies (seconds, for CI)")
   check.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
+  fused = sub.add_parser("bench-fused", help="memory and time of the fused linear cross-entropy vs the naive loss")
+  fused.add_argument("--quick", action="store_true", help="a small shape (under a minute)")
+  fused.add_argument("--out", default="bench_results", help="folder for the JSON results and PNG plots")
   demo = sub.add_parser(
       "demo", help="train a digits classifier and distil a student (no downloads), then print accuracies and "
       "the jaxdiv-vs-optax numerics table; needs the examples extra",
@@ -27,6 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     from jaxdiv import _report
 
     return _report.main(quick=args.quick, markdown=args.markdown)
+  if args.command == "bench-fused":
+    from jaxdiv import _bench_fused
+
+    return _bench_fused.main(quick=args.quick, out=args.out)
   if args.command == "demo":
     from jaxdiv import _demo
 
