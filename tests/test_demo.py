@@ -52,9 +52,9 @@ def test_quick_demo_trains_distils_and_prints_both_tables():
   assert result.returncode == 0, result.stderr[-3000:]
   out = result.stdout
   accuracies = [float(a) for a in re.findall(r"(\d+\.\d)%\s*$", out, re.MULTILINE)]
-  assert len(accuracies) == 3, out
+  assert len(accuracies) == 4, out
   assert accuracies[0] >= 90.0, out  # the teacher
-  assert "hard labels only" in out and "distilled" in out
+  assert "hard labels only" in out and "distilled from the teacher" in out
   assert "| case | float64 truth | optax | jaxdiv |" in out
   assert "NaN" in out  # optax's failures are shown
   assert "teacher" in result.stderr  # the progress bars
