@@ -12,6 +12,12 @@ def main(argv: list[str] | None = None) -> int:
   check = sub.add_parser("selfcheck", help="measure jaxdiv's numerical guarantees against optax and float64")
   check.add_argument("--quick", action="store_true", help="smaller vocabularies (seconds, for CI)")
   check.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
+  bench = sub.add_parser(
+      "bench", help="time and temporary memory of jaxdiv's losses vs optax and plain JAX (CE, soft CE, KL, "
+      "JSD, binary CE; forward and forward+backward), written as markdown, JSON and a PNG plot")
+  from jaxdiv import _bench
+
+  _bench.add_arguments(bench)
   fused = sub.add_parser("bench-fused", help="memory and time of the fused linear cross-entropy vs the naive loss")
   fused.add_argument("--quick", action="store_true", help="a small shape (under a minute)")
   fused.add_argument("--out", default="bench_results", help="folder for the JSON results and PNG plots")
@@ -30,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     from jaxdiv import _report
 
     return _report.main(quick=args.quick, markdown=args.markdown)
+  if args.command == "bench":
+    return _bench.main(args)
   if args.command == "bench-fused":
     from jaxdiv import _bench_fused
 

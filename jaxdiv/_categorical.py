@@ -57,12 +57,17 @@ def _log_probs(x: jax.Array, ax: int, mask: jax.Array | None) -> jax.Array:
   return _kernels.log_softmax(_masked(x, mask, -jnp.inf), ax)[0]
 
 
-def _pair(logits, target, target_name, axis, where, hint):
-  """Validated (model, target) pair of equal shape, both in the compute dtype."""
+def _pair(logits, target, target_name, axis, where, hint, cast=True):
+  """Validated (model, target) pair of equal shape, both in the compute dtype.
+
+  ``cast=False`` (for the fused kernels, which widen inside their fusions) keeps
+  a shared input dtype such as bfloat16 as it is, avoiding a float32 copy.
+  """
   x, ax, mask = _model(logits, axis, where)
   t = v.as_floating(target_name, target, hint)
   v.same_shape(target_name, t, "logits", x)
-  x, t = v.to_compute(x, t)
+  if cast or x.dtype != t.dtype:
+    x, t = v.to_compute(x, t)
   return x, t, ax, mask
 
 
@@ -241,19 +246,19 @@ def cross_entropy(
   x, ax, mask = _model(logits, axis, where)
   y = v.as_integer("labels", labels, _PROB_HINT)
   v.label_shape(y, x, ax)
-  (x,) = v.to_compute(x)
   num_classes = x.shape[ax]
   plain = eps == 0.0 and lam == 0.0 and soft_cap is None and not return_aux
-  if plain:
-    log_probs = _log_probs(x, ax, mask)
-  else:
-    z = _soft_capped(x, mask, soft_cap)
-    log_probs, lse = _log_softmax_lse(z, ax)
   in_range = (y >= 0) & (y < num_classes)
   safe_y = jnp.where(in_range, y, 0)
-  index = jnp.expand_dims(safe_y, ax)
-  picked = jnp.squeeze(jnp.take_along_axis(log_probs, index, axis=ax), ax)
-  loss = -picked
+  if plain:  # the fused kernel: reads bf16 logits as they are, gradient in one pass
+    loss = _kernels.label_cross_entropy(_masked(x, mask, -jnp.inf), safe_y, ax)
+  else:
+    (x,) = v.to_compute(x)
+    z = _soft_capped(x, mask, soft_cap)
+    log_probs, lse = _log_softmax_lse(z, ax)
+    index = jnp.expand_dims(safe_y, ax)
+    picked = jnp.squeeze(jnp.take_along_axis(log_probs, index, axis=ax), ax)
+    loss = -picked
   if eps > 0.0:
     total, k = _uniform_term(log_probs, ax)
     if smoothing == "uniform":
@@ -346,7 +351,7 @@ def soft_cross_entropy(
     >>> jaxdiv.soft_cross_entropy(logits, jnp.array([0.5, 0.0, 0.5]))
     Array(0.8132616, dtype=float32)
   """
-  x, p, ax, mask = _pair(logits, target_probs, "target_probs", axis, where, _INT_HINT)
+  x, p, ax, mask = _pair(logits, target_probs, "target_probs", axis, where, _INT_HINT, cast=False)
   return _soft_ce(x, lambda: _masked(p, mask, 0), ax, mask, label_smoothing, z_loss, soft_cap, reduction, normalizer)
 
 
@@ -356,10 +361,12 @@ def _soft_ce(x, target_probs, ax, mask, label_smoothing, z_loss, soft_cap, reduc
   eps = _concrete("label_smoothing", label_smoothing, 0.0, 1.0)
   lam = _concrete("z_loss", z_loss, 0.0)
   if eps == 0.0 and lam == 0.0 and soft_cap is None:
-    log_q = _log_probs(x, ax, mask)
-  else:
-    log_q, lse = _log_softmax_lse(_soft_capped(x, mask, soft_cap), ax)
-  loss = jnp.sum(_kernels.mul_safe(target_probs(), -log_q), axis=ax)
+    # The fused kernel: gradient (Σp)·softmax - p in one pass, bf16 read as is.
+    loss = _kernels.soft_cross_entropy_rows(_masked(x, mask, -jnp.inf), target_probs(), ax)
+    return _reduce(loss, mask, ax, reduction, normalizer)
+  (x,) = v.to_compute(x)
+  log_q, lse = _log_softmax_lse(_soft_capped(x, mask, soft_cap), ax)
+  loss = jnp.sum(_kernels.mul_safe(target_probs().astype(x.dtype), -log_q), axis=ax)
   if eps > 0.0:
     total, k = _uniform_term(log_q, ax)
     loss = (1 - eps) * loss + eps * _safe_div(total, k)
@@ -474,7 +481,7 @@ def kl_divergence(
     0.0367
   """
   _reduction.check(reduction, normalizer)
-  x, p, ax, mask = _pair(logits, target_probs, "target_probs", axis, where, _INT_HINT)
+  x, p, ax, mask = _pair(logits, target_probs, "target_probs", axis, where, _INT_HINT, cast=False)
   return _reduce(_kl(x, p, ax, mask, target_is_log=False), mask, ax, reduction, normalizer)
 
 
@@ -514,7 +521,7 @@ def kl_divergence_with_log_targets(
     0.496661
   """
   _reduction.check(reduction, normalizer)
-  x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT)
+  x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT, cast=False)
   return _reduce(_kl(x, t, ax, mask, target_is_log=True), mask, ax, reduction, normalizer)
 
 
@@ -553,7 +560,7 @@ def reverse_kl_divergence(
     0.377550
   """
   _reduction.check(reduction, normalizer)
-  x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT)
+  x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT, cast=False)
   return _reduce(_kl(t, x, ax, mask, target_is_log=True), mask, ax, reduction, normalizer)
 
 
@@ -621,20 +628,13 @@ def jensen_shannon_divergence(
   if not 0.0 <= beta <= 1.0:
     raise ValueError(f"beta must lie in [0, 1]; got {beta}.")
   _reduction.check(reduction, normalizer)
-  x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT)
-  log_q = _log_probs(x, ax, mask)
-  log_p = _log_probs(t, ax, mask)
-
-  def kl(a, b):
-    return jnp.sum(_kernels.kl_terms(a, b, True), axis=ax)
-
+  x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT, cast=False)
   if beta == 0.0:
-    loss = kl(log_p, log_q)
+    loss = _kl(x, t, ax, mask, target_is_log=True)
   elif beta == 1.0:
-    loss = kl(log_q, log_p)
-  else:
-    log_m = _kernels.log_mix(log_p, log_q, beta)
-    loss = beta * kl(log_p, log_m) + (1 - beta) * kl(log_q, log_m)
+    loss = _kl(t, x, ax, mask, target_is_log=True)
+  else:  # the fused kernel: bf16 read as is, gradient in one pass
+    loss = _kernels.jsd_rows(_masked(t, mask, -jnp.inf), _masked(x, mask, -jnp.inf), beta, ax)
   return _reduce(loss, mask, ax, reduction, normalizer)
 
 

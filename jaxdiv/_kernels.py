@@ -215,43 +215,278 @@ def _log_mix_jvp(beta, primals, tangents):
 
 
 # --------------------------------------------------------------------------- #
+# Fused row kernels: one loss per row, backward from the saved row statistics
+# --------------------------------------------------------------------------- #
+#
+# Each kernel takes its inputs in their own dtype (bfloat16 included) and
+# converts inside the fused elementwise ops, so no full-size float32 copy is
+# made. The value is a reduction over the row; the tangent is a single linear
+# expression ``Σ coeff · dx`` whose coefficient is an elementwise function of
+# the inputs and the per-row max and log-sum, which JAX transposes into one
+# elementwise backward that XLA fuses with the recomputation of the
+# coefficient: no full-size residual (softmax, log-softmax) is kept.
+
+
+def _row_sum(terms: jax.Array, axis: int) -> jax.Array:
+  """``Σ terms`` along ``axis``, kept as a size-1 dimension."""
+  return jnp.sum(terms, axis=axis, keepdims=True)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
+def row_stats(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
+  """``(shift, norm)`` with ``log softmax(x) = (x - shift) - norm``, in the compute dtype.
+
+  ``shift`` is the row max (0 for an all ``-inf`` row; zero derivative) and
+  ``norm = log Σ exp(x - shift)`` (0 for an all ``-inf`` row, whose
+  log-probabilities are then ``-inf``, not NaN); both keep ``axis`` as size 1.
+  Two passes over ``x`` (max, sum), no full-size temporary. Derivative:
+  ``∂norm/∂x = softmax(x)``, 0 at ``-inf`` entries.
+  """
+  cdt = compute_dtype(x.dtype)
+  shift = jnp.max(x, axis=axis, keepdims=True).astype(cdt)  # exact in the input dtype
+  shift = jnp.where(jnp.isfinite(shift), shift, 0)
+  sum_exp = _row_sum(jnp.exp(x.astype(cdt) - shift), axis)
+  return shift, jnp.log(jnp.where(sum_exp > 0, sum_exp, 1))
+
+
+def _lse_parts(shift: jax.Array, norm: jax.Array, log_scale: jax.Array | None = None):
+  """``(hi, lo)`` with ``hi + lo = shift + norm (- log_scale)`` exactly (two-sum).
+
+  ``x - hi - lo`` is then the log-probability to float accuracy even at
+  ``|x| ~ 1e30`` (where ``hi`` alone rounds away ``norm``), and, being a
+  different expression from the ``x - shift`` of the forward reduction, XLA
+  does not share one full-size ``x - shift`` between the two.
+  """
+  lo = norm if log_scale is None else norm - log_scale
+  hi = shift + lo
+  return hi, lo - (hi - shift)
+
+
+def _widen(x: jax.Array, dtype) -> jax.Array:
+  """``x.astype(dtype)``; bfloat16 to float32 as the exact bit shift it is.
+
+  A separate HLO from the ``convert`` of the forward reduction, so XLA does
+  not write one shared full-size float32 copy of ``x`` for both passes.
+  """
+  if x.dtype == jnp.bfloat16 and dtype == jnp.float32:
+    bits = jax.lax.bitcast_convert_type(x, jnp.uint16).astype(jnp.uint32) << 16
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+  return x.astype(dtype)
+
+
+def _probs(x: jax.Array, shift: jax.Array, norm: jax.Array, log_scale: jax.Array | None = None) -> jax.Array:
+  """``softmax(x) * exp(log_scale)`` from the row statistics: exactly 0 at ``-inf`` entries."""
+  hi, lo = _lse_parts(shift, norm, log_scale)
+  return jnp.exp((_widen(x, hi.dtype) - hi) - lo)
+
+
+def _masked_tangent(x: jax.Array, dx: jax.Array, dtype) -> jax.Array:
+  """``dx`` in ``dtype``, 0 where ``x = -inf`` (tested on the widened ``x``, see :func:`_widen`)."""
+  return jnp.where(_widen(x, dtype) == _NEG_INF, 0, dx.astype(dtype))
+
+
+@row_stats.defjvp
+def _row_stats_jvp(axis, primals, tangents):
+  (x,), (dx,) = primals, tangents
+  shift, norm = row_stats(x, axis)
+  q = _probs(x, shift, norm)
+  dnorm = jnp.sum(q * _masked_tangent(x, dx, q.dtype), axis=axis, keepdims=True)
+  return (shift, norm), (jnp.zeros_like(shift), dnorm)
+
+
+def _one_hot(index: jax.Array, shape: tuple[int, ...], axis: int) -> jax.Array:
+  """Boolean ``iota == index`` along ``axis`` (fused by XLA; no gather or scatter)."""
+  return jax.lax.broadcasted_iota(index.dtype, shape, axis) == jnp.expand_dims(index, axis)
+
+
+def _label_ce_value(x, index, axis):
+  shift, norm = row_stats(x, axis)
+  picked = jnp.take_along_axis(_widen(x, shift.dtype), jnp.expand_dims(index, axis), axis=axis)
+  return jnp.squeeze(norm - (picked - shift), axis), shift, norm
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def label_cross_entropy(x: jax.Array, index: jax.Array, axis: int) -> jax.Array:
+  """``logsumexp(x) - x[index]`` along ``axis``, in the compute dtype.
+
+  Args:
+    x: logits in any floating dtype; masked entries ``-inf``.
+    index: integer class per row, in range (``x.shape`` without ``axis``).
+    axis: the class axis (non-negative).
+
+  Returns:
+    ``x.shape`` without ``axis``: ``log Σ exp(x - max) - (x[index] - max)``,
+    so ties at ``|x| = 1e30`` give ``log 2``; ``+inf`` for a ``-inf`` label
+    logit (an all ``-inf`` row included).
+
+  Derivative: ``softmax(x) - onehot(index)``; the tangent is
+  ``Σ (softmax - onehot) · dx``, so the gradient is one fused elementwise pass.
+  """
+  return _label_ce_value(x, index, axis)[0]
+
+
+@label_cross_entropy.defjvp
+def _label_cross_entropy_jvp(axis, primals, tangents):
+  (x, index), (dx, _) = primals, tangents
+  value, shift, norm = _label_ce_value(x, index, axis)
+  coeff = _probs(x, shift, norm) - _one_hot(index, x.shape, axis).astype(shift.dtype)
+  return value, jnp.sum(coeff * _masked_tangent(x, dx, shift.dtype), axis=axis)
+
+
+def _neg_log_q(x, p, shift, norm):
+  """``-log softmax(x)``, with 0 where ``p = 0`` and the logit is ``-inf``."""
+  hi, lo = _lse_parts(shift, norm)
+  xw = _widen(x, hi.dtype)
+  return jnp.where((p == 0) & (xw == _NEG_INF), 0, (hi - xw) + lo)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2,))
+def soft_cross_entropy_rows(x: jax.Array, p: jax.Array, axis: int) -> jax.Array:
+  """``-Σ p log softmax(x)`` along ``axis`` with ``0 · log 0 = 0``.
+
+  Args:
+    x: logits in any floating dtype; masked entries ``-inf``.
+    p: target weights, same shape (masked entries 0); need not sum to 1.
+    axis: the class axis (non-negative).
+
+  Returns:
+    ``x.shape`` without ``axis``, in the compute dtype; ``+inf`` where ``p > 0``
+    on a ``-inf`` logit.
+
+  Derivatives: ``∂/∂x = (Σ p) softmax(x) - p``; ``∂/∂p = -log softmax(x)``,
+  taken as 0 where ``p = 0`` and the logit is ``-inf``.
+  """
+  shift, norm = row_stats(x, axis)
+  pc = _widen(p, compute_dtype(x.dtype, p.dtype))
+  hi, lo = _lse_parts(shift.astype(pc.dtype), norm.astype(pc.dtype))
+  xw = _widen(x, pc.dtype)
+  # One select at the root, so the whole product is one fusion feeding the sum.
+  terms = jnp.where((pc == 0) & (xw == _NEG_INF), 0, pc * ((hi - xw) + lo))
+  return jnp.squeeze(_row_sum(terms, axis), axis)
+
+
+@soft_cross_entropy_rows.defjvp
+def _soft_cross_entropy_rows_jvp(axis, primals, tangents):
+  (x, p), (dx, dp) = primals, tangents
+  value = soft_cross_entropy_rows(x, p, axis)
+  cdt = value.dtype
+  shift, norm = row_stats(x, axis)
+  pc = _widen(p, cdt)
+  mass = jnp.sum(p.astype(cdt), axis=axis, keepdims=True)
+  # (Σ p)·softmax as one exp: the row-level select keeps XLA:CPU from fusing
+  # the full-size expression into the reduction of p (which would write its
+  # broadcast operands out at full size).
+  # A row of zero mass gets a large finite negative log-mass (not -inf, which
+  # would make the two-sum NaN): its coefficient is then exactly 0.
+  log_mass = jnp.where(mass > 0, jnp.log(jnp.where(mass > 0, mass, 1)), -1e4)
+  coeff_x = _probs(x, shift, norm, -log_mass).astype(cdt) - pc
+  coeff_p = _neg_log_q(x, pc, shift, norm).astype(cdt)
+  tangent = jnp.sum(coeff_x * _masked_tangent(x, dx, cdt) + coeff_p * dp.astype(cdt), axis=axis)
+  return value, tangent
+
+
+# --------------------------------------------------------------------------- #
 # kl_rows: KL(p‖q) along an axis, from raw logits
 # --------------------------------------------------------------------------- #
 
 
-def _kl_rows_parts(target, logits, axis, target_is_log):
-  """Value of :func:`kl_rows` and the quantities its derivative needs.
+def _psi(r: jax.Array) -> jax.Array:
+  """``r - log1p(r) = r²/2 - r³/3 + …`` to full relative precision (row-level)."""
+  small = jnp.abs(r) < 1e-2
+  rs = jnp.where(small, r, 0)
+  series = rs * rs * (0.5 - rs * (1 / 3 - rs * (0.25 - rs / 5)))
+  rl = jnp.where(small, 1, r)
+  return jnp.where(small, series, rl - jnp.log1p(rl))
 
-  ``d = log q - log p`` is formed as ``(z - t) - offset`` with the per-row
-  constant ``offset = lse(z) - lse(t)``: for nearly equal logits ``z - t`` is
-  exact, whereas ``log q - log p`` from two separately rounded log-softmaxes
-  carries ~1e-6 of noise per class, whose square alone is 1e-4 of a KL of 5e-9.
-  The rounding left in the constant is then removed by renormalising
-  ``q' = p e^d`` (on the support of p; q off it) to the mass of p.
+
+def _phi_series(d: jax.Array) -> jax.Array:
+  """``expm1(d) - d`` by its Taylor series, for ``|d| <= 1/2`` (truncation below 1e-8 relative)."""
+  series = jnp.full_like(d, 1.0 / math.factorial(10))
+  for k in range(9, 1, -1):
+    series = 1.0 / math.factorial(k) + d * series
+  return d * d * series
+
+
+def _kl_term_fast(p: jax.Array, q: jax.Array, d: jax.Array) -> jax.Array:
+  """``p (e^d - 1 - d)`` given ``q = p e^d``, with one exp fewer than :func:`_kl_term`.
+
+  ``|d| < 1/2``: the series (full relative precision for nearly equal
+  distributions); beyond, ``q - p (1 + d)``, which cancels by at most a factor
+  11 there (``e^d / φ(d)`` at ``|d| = 1/2``), so no ``expm1`` is needed.
   """
-  log_q, shift_z, log_sum_z = log_softmax(logits, axis)
+  near = jnp.abs(d) < 0.5
+  return jnp.where(near, p * _phi_series(jnp.where(near, d, 0)), q - p * (1 + d))
+
+
+def _kl_rows_elems(target, logits, axis, target_is_log):
+  """Elementwise quantities of :func:`kl_rows`: ``(p, log_p, support, d, log_q)``.
+
+  ``d = log q - log p`` is formed as ``((z - t) - (max z - max t)) - (norm_z - norm_t)``:
+  for nearly equal logits ``z - t`` is exact, whereas ``log q - log p`` from two
+  separately rounded log-softmaxes carries ~1e-6 of noise per class, whose
+  square alone is 1e-4 of a KL of 5e-9. Where the two rows' maxima are far
+  apart that grouping cancels, and the shifted ``(z - max z) - (t - max t) - …``
+  is used instead (per class, whichever has the smaller rounding bound).
+  ``log_p`` and ``log_q`` are formed against the two-sum logsumexp (see
+  :func:`_lse_parts`). All differentiable (through :func:`row_stats`).
+  """
+  cdt = compute_dtype(target.dtype, logits.dtype)
+  shift_z, norm_z = (a.astype(cdt) for a in row_stats(logits, axis))
   if target_is_log:
-    log_p, shift_t, log_sum_t = log_softmax(target, axis)
-    raw_t = target
+    shift_t, norm_t = (a.astype(cdt) for a in row_stats(target, axis))
+    t = _widen(target, cdt)
   else:
-    positive = target > 0
-    log_p = jnp.where(positive, jnp.log(jnp.where(positive, target, 1)), _NEG_INF)
-    raw_t, shift_t, log_sum_t = log_p, 0, 0
+    pw = _widen(target, cdt)
+    t = jnp.where(pw > 0, jnp.log(jnp.where(pw > 0, pw, 1)), _NEG_INF)
+    shift_t = norm_t = jnp.zeros_like(shift_z)
+  z = _widen(logits, cdt)
+  hi_t, lo_t = _lse_parts(shift_t, norm_t)
+  log_p = (t - hi_t) - lo_t
   p = jnp.exp(log_p)
   support = p > 0
-  offset = (shift_z - shift_t) + (log_sum_z - log_sum_t)
-  offset = jnp.where(jnp.isfinite(offset), offset, 0)
-  d = jnp.where(support, (logits - jnp.where(support, raw_t, 0)) - offset, 0)
-  q_out = jnp.where(support, 0, jnp.exp(log_q))
-  # Normalise q' to the computed mass of p (1 up to rounding), not to 1: then
-  # equal logits give d = 0 and KL exactly 0, and for a target whose mass S is
-  # not exactly 1 the value is S·KL(p/S ‖ q).
-  mass = jnp.sum(jnp.where(support, jnp.exp(log_p + d), q_out), axis=axis, keepdims=True)
-  p_mass = jnp.sum(p, axis=axis, keepdims=True)
-  ratio = jnp.where((mass > 0) & (p_mass > 0), mass / jnp.where(p_mass > 0, p_mass, 1), 1)
-  d, q_out = d - jnp.log(ratio), q_out / ratio
-  terms = _kl_term(p, log_p, d, q_out, support)
-  return jnp.sum(terms, axis=axis), p, log_p, log_q, support
+  t_s = jnp.where(support, t, 0)
+  # Per class, the form with the smaller rounding bound: the raw difference is
+  # exact for nearly equal logits, but cancels when the two rows' maxima are far
+  # apart (logits [0.5, 0] vs target [1e30, 0]), where the shifted form is exact.
+  # Grouped so each subtraction is between comparable values: a rounded
+  # offset lse(z) - lse(t) would itself lose 1.7e-5 at |logits| ~ 1e3.
+  z_rel, t_rel, norms = z - shift_z, t_s - shift_t, norm_z - norm_t
+  raw = ((z - t_s) - (shift_z - shift_t)) - norms
+  shifted = (z_rel - t_rel) - norms
+  use_raw = jnp.abs(z - t_s) + jnp.abs(shift_z - shift_t) <= jnp.abs(z_rel) + jnp.abs(t_rel)
+  d = jnp.where(support, jnp.where(use_raw, raw, shifted), 0)
+  hi_z, lo_z = _lse_parts(shift_z, norm_z)
+  return p, log_p, support, d, (z - hi_z) - lo_z
+
+
+def _kl_rows_value(target, logits, axis, target_is_log):
+  """Value of :func:`kl_rows` (not differentiable: its own rule differentiates it).
+
+  With :func:`_kl_rows_elems`'s ``d``, the rounding left in the per-row offset
+  is removed analytically: renormalising ``q' = p e^d`` (on the support of p;
+  q off it) to the mass ``P = Σ p`` changes the sum of the terms
+  ``S = Σ p φ(d) + Σ q_off`` to ``S - P ψ(E / P)`` with ``E = Σ q' - P`` and
+  ``ψ(r) = r - log1p(r)``. So ``S``, ``E`` and ``P`` are three sums over one
+  pass of the inputs (the row maxima and log-sums take two more), instead of
+  one pass to measure the mass and another to sum renormalised terms. Equal
+  logits give ``d = 0``, ``E = 0`` and exactly 0.
+  """
+  p, log_p, support, d, log_q = _kl_rows_elems(target, logits, axis, target_is_log)
+  log_p = jnp.where(support, log_p, 0)
+  # q' = p e^d on the support and q off it, as one exp.
+  q_prime = jnp.exp(jnp.where(support, log_p + d, log_q))
+  terms = jnp.where(support, _kl_term_fast(p, q_prime, d), q_prime)
+  total = jnp.squeeze(_row_sum(terms, axis), axis)
+  # E enters only through ψ(E/P) ≈ (E/P)²/2, so the direct Σ (q' - p) (p = 0
+  # off the support) is accurate enough: its ~1e-7 rounding moves ψ by ~1e-13.
+  excess = jnp.squeeze(_row_sum(q_prime - p, axis), axis)
+  if target_is_log:  # normalised: P = 1, or 0 for a row without target mass
+    mass_p = jnp.squeeze(jnp.max(target, axis=axis, keepdims=True) > _NEG_INF, axis).astype(total.dtype)
+  else:
+    mass_p = jnp.sum(_widen(target, total.dtype), axis=axis)
+  r = jnp.where(mass_p > 0, excess / jnp.where(mass_p > 0, mass_p, 1), 0)
+  # Both sides are non-negative and equal up to rounding when KL ≈ 0.
+  return jnp.maximum(total - mass_p * _psi(r), 0)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
@@ -260,7 +495,8 @@ def kl_rows(target: jax.Array, logits: jax.Array, axis: int, target_is_log: bool
 
   Args:
     target: target logits (``target_is_log``; masked entries ``-inf``) or target
-      probabilities (masked entries 0), same shape as ``logits``.
+      probabilities (masked entries 0), same shape as ``logits``; any floating
+      dtype (bfloat16 is widened inside the fused passes, never copied).
     logits: model logits, masked entries ``-inf``.
     axis: the class axis (non-negative int).
     target_is_log: how ``target`` is given.
@@ -272,23 +508,102 @@ def kl_rows(target: jax.Array, logits: jax.Array, axis: int, target_is_log: bool
 
   Derivatives (analytic): ``∂/∂z = q - p``; ``∂/∂t = p (log p - log q - KL)``
   for logit targets; ``∂/∂p = log p - log q`` for probability targets, defined
-  as 0 where ``p = 0``.
+  as 0 where ``p = 0``. Each is one elementwise expression of the inputs and
+  the row statistics, so the backward is one fused pass with no saved
+  full-size residual.
   """
-  return _kl_rows_parts(target, logits, axis, target_is_log)[0]
+  return _kl_rows_value(target, logits, axis, target_is_log)
 
 
 @kl_rows.defjvp
 def _kl_rows_jvp(axis, target_is_log, primals, tangents):
   (target, logits), (dtarget, dlogits) = primals, tangents
-  value, p, log_p, log_q, support = _kl_rows_parts(target, logits, axis, target_is_log)
+  value = kl_rows(target, logits, axis, target_is_log)
+  p, log_p, support, _, log_q = _kl_rows_elems(target, logits, axis, target_is_log)
+  cdt = value.dtype
   q = jnp.exp(log_q)
-  dlogits = jnp.where(logits == _NEG_INF, 0, dlogits)
-  log_ratio = jnp.where(support, log_p - jnp.where(support, log_q, 0), 0)
+  dlogits = _masked_tangent(logits, dlogits, cdt)
+  log_ratio = jnp.where(support, jnp.where(support, log_p, 0) - jnp.where(support, log_q, 0), 0)
   log_ratio = jnp.where(support & (log_q == _NEG_INF), jnp.inf, log_ratio)
   if target_is_log:
     coeff = mul_safe(p, log_ratio - jnp.expand_dims(value, axis))
   else:
     coeff = log_ratio
-  dtarget = jnp.where(support, dtarget, 0)
+  dtarget = jnp.where(support, dtarget.astype(cdt), 0)
   tangent = jnp.sum((q - p) * dlogits, axis=axis) + jnp.sum(coeff * dtarget, axis=axis)
+  return value, tangent
+
+
+# --------------------------------------------------------------------------- #
+# jsd_rows: generalised Jensen–Shannon divergence along an axis, from logits
+# --------------------------------------------------------------------------- #
+
+
+def _log_probs_from_stats(x: jax.Array, axis: int, dtype) -> jax.Array:
+  shift, norm = row_stats(x, axis)
+  hi, lo = _lse_parts(shift.astype(dtype), norm.astype(dtype))
+  return (_widen(x, dtype) - hi) - lo
+
+
+def _jsd_parts(target, logits, beta, axis):
+  """``(KL(P‖M), KL(Q‖M), p, q, log p, log q, log m)``, all differentiable.
+
+  The mixture is formed in linear space, ``m = β p + (1 - β) q``, and each KL
+  term from ``m`` itself (``p φ(log m - log p)`` near ``m = p``, else
+  ``m - p (1 + d)``; ``m`` off the support of ``p``): one log per class on top
+  of the two exps, where composing :func:`log_mix` and :func:`kl_terms` takes
+  eight transcendental functions. ``log m`` is ``-inf`` (with finite
+  derivatives) only where ``p = q = 0``.
+  """
+  cdt = compute_dtype(target.dtype, logits.dtype)
+  log_p = _log_probs_from_stats(target, axis, cdt)
+  log_q = _log_probs_from_stats(logits, axis, cdt)
+  p, q = jnp.exp(log_p), jnp.exp(log_q)
+  m = beta * p + (1 - beta) * q
+  log_m = jnp.where(m > 0, jnp.log(jnp.where(m > 0, m, 1)), _NEG_INF)
+
+  def kl(a, log_a):
+    support = a > 0
+    d = jnp.where(support, log_m - jnp.where(support, log_a, 0), 0)
+    return jnp.sum(jnp.where(support, _kl_term_fast(a, m, d), m), axis=axis)
+
+  return kl(p, log_p), kl(q, log_q), p, q, log_p, log_q, log_m
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
+def jsd_rows(target: jax.Array, logits: jax.Array, beta: float, axis: int) -> jax.Array:
+  """``β KL(P‖M) + (1 - β) KL(Q‖M)``, ``M = β P + (1 - β) Q``, for ``0 < β < 1``.
+
+  Args:
+    target: target logits (``P = softmax``), masked entries ``-inf``; any
+      floating dtype (widened inside the fused passes).
+    logits: model logits (``Q = softmax``), same shape.
+    beta: the target's weight in the mixture.
+    axis: the class axis (non-negative).
+
+  Returns:
+    ``logits.shape`` without ``axis``, in the compute dtype; each KL summed as
+    the non-negative terms of :func:`kl_terms`.
+
+  Derivatives (analytic): ``∂/∂z = (1 - β) q (log(q/m) - KL(Q‖M))`` and
+  ``∂/∂t = β p (log(p/m) - KL(P‖M))``, 0 where ``q`` (or ``p``) is 0: one
+  elementwise expression each, so the backward is one fused pass.
+  """
+  kl_p, kl_q = _jsd_parts(target, logits, beta, axis)[:2]
+  return beta * kl_p + (1 - beta) * kl_q
+
+
+@jsd_rows.defjvp
+def _jsd_rows_jvp(beta, axis, primals, tangents):
+  (target, logits), (dtarget, dlogits) = primals, tangents
+  kl_p, kl_q, p, q, log_p, log_q, log_m = _jsd_parts(target, logits, beta, axis)
+  value = beta * kl_p + (1 - beta) * kl_q
+  cdt = value.dtype
+
+  def coeff(a, log_a, kl_a, weight):
+    log_ratio = jnp.where(a > 0, jnp.where(a > 0, log_a, 0) - log_m, 0)
+    return weight * mul_safe(a, log_ratio - jnp.expand_dims(kl_a, axis))
+
+  tangent = jnp.sum(coeff(q, log_q, kl_q, 1 - beta) * _masked_tangent(logits, dlogits, cdt), axis=axis)
+  tangent += jnp.sum(coeff(p, log_p, kl_p, beta) * _masked_tangent(target, dtarget, cdt), axis=axis)
   return value, tangent
