@@ -71,7 +71,8 @@ def load_digits(seed: int = 0) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.n
 def init_mlp(key: jax.Array, sizes: tuple[int, ...]) -> Params:
   keys = jax.random.split(key, len(sizes) - 1)
   return [
-      {"w": jax.random.normal(k, (m, n), jnp.float32) * np.float32(np.sqrt(2.0 / m)), "b": jnp.zeros(n, jnp.float32)}
+      {"w": jax.random.normal(k, (m, n), jnp.float32) * np.float32(np.sqrt(2.0 / m)),
+       "b": jnp.zeros(n, jnp.float32)}
       for k, m, n in zip(keys, sizes[:-1], sizes[1:])
   ]
 
@@ -182,7 +183,8 @@ def run(settings: Settings, seed: int = 0) -> list[Result]:
 
   smoothed = Objective(jaxdiv.cross_entropy, mlp, loss_kwargs={"label_smoothing": settings.label_smoothing})
   full = train(smoothed, init_mlp(keys[1], STUDENT), train_data,
-               epochs=settings.student_epochs, batch_size=settings.batch_size, desc="student, all labels", seed=seed)
+               epochs=settings.student_epochs, batch_size=settings.batch_size, desc="student, all labels",
+               seed=seed)
 
   few = {k: v[: settings.few_labels] for k, v in train_data.items()}
   hard = train(Objective(jaxdiv.cross_entropy, mlp), init_mlp(keys[2], STUDENT), few,
@@ -207,7 +209,8 @@ def run(settings: Settings, seed: int = 0) -> list[Result]:
       Result("student", f"{arch}, {n_few} labels, CE on the hard labels only", num_params(hard),
              accuracy(hard, x_test, y_test)),
       Result("student", f"{arch}, {n_few} labels, distilled from the teacher (T={settings.temperature:g}, "
-             f"T² scaling, α={settings.alpha:g})", num_params(distilled), accuracy(distilled, x_test, y_test)),
+             f"T² scaling, α={settings.alpha:g})", num_params(distilled),
+             accuracy(distilled, x_test, y_test)),
   ]
 
 

@@ -71,13 +71,11 @@ differences, each tested by name:
 9. ``convex_kl_divergence`` is a plain alias of ``generalized_kl_divergence``
    (optax's emits a DeprecationWarning).
 
-Inside this module ``optax`` is not imported: the name refers to this module
-only as ``jaxdiv.optax``; ``import optax`` elsewhere still gives the real optax.
+This module is reachable only as ``jaxdiv.optax``: imports are absolute, so
+``import optax`` anywhere (inside jaxdiv included) still gives the real optax.
 """
 
 from __future__ import annotations
-
-from typing import Union
 
 import jax
 import jax.numpy as jnp
@@ -87,7 +85,7 @@ import jaxdiv
 from jaxdiv import _kernels
 from jaxdiv import _validation as v
 
-Axis = Union[int, tuple[int, ...], None]
+Axis = int | tuple[int, ...] | None
 
 __all__ = [
     "convex_kl_divergence",
@@ -143,7 +141,9 @@ def _broadcast(name: str, value: jax.Array, shape: tuple[int, ...]) -> jax.Array
   try:
     return jnp.broadcast_to(value, shape)
   except ValueError as e:
-    raise ValueError(f"{name} must be broadcastable to the logits shape {list(shape)}; got {list(value.shape)}.") from e
+    raise ValueError(
+        f"{name} must be broadcastable to the logits shape {list(shape)}; got {list(value.shape)}."
+    ) from e
 
 
 def _categorical(logits, target, axis, where, *, names=("logits", "labels"), broadcast=True):

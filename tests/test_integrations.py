@@ -159,8 +159,10 @@ def test_flax_linen_train_state(batch):
   model = _LinenMLP()
   with _standard_promotion():
     variables = model.init(jax.random.key(0), batch["inputs"][:1])
-    state = train_state.TrainState.create(apply_fn=model.apply, params=variables["params"], tx=optax.adam(1e-2))
-  objective = Objective(jaxdiv.cross_entropy, _lenient(lambda params, x: state.apply_fn({"params": params}, x)))
+    state = train_state.TrainState.create(
+        apply_fn=model.apply, params=variables["params"], tx=optax.adam(1e-2))
+  objective = Objective(
+      jaxdiv.cross_entropy, _lenient(lambda params, x: state.apply_fn({"params": params}, x)))
 
   @jax.jit
   def step(state, batch):
@@ -175,7 +177,8 @@ def test_flax_linen_train_state(batch):
 
 
 def test_haiku_transform(batch):
-  net = hk.without_apply_rng(hk.transform(lambda x: hk.nets.MLP([HIDDEN, NUM_CLASSES], activation=jnp.tanh)(x)))
+  net = hk.without_apply_rng(
+      hk.transform(lambda x: hk.nets.MLP([HIDDEN, NUM_CLASSES], activation=jnp.tanh)(x)))
   params = _lenient(net.init)(jax.random.key(0), batch["inputs"][:1])
   objective = Objective(jaxdiv.cross_entropy, _lenient(net.apply))
   tx = optax.adam(1e-2)

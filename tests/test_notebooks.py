@@ -38,7 +38,8 @@ def test_notebook_executes(path):
   # A fresh kernel with JAX's default configuration: the suite's strict
   # promotion and simulated devices stay in this process.
   env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-  client = NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
+  client = NotebookClient(
+      nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(NOTEBOOKS)}})
   client.execute(env=env)
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
   assert not errors, errors

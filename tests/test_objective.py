@@ -56,8 +56,8 @@ def test_value_and_grad_has_aux_and_value_fn_agree():
   value_fn = objective.value_fn(batch)
   _close(value_fn(w), loss)
   _close(jax.grad(value_fn)(w), grad)
-  expected = jax.grad(lambda w: jaxdiv.cross_entropy(batch["inputs"] @ w, batch["labels"], label_smoothing=0.1,
-                                                     reduction="mean"))(w)
+  expected = jax.grad(lambda w: jaxdiv.cross_entropy(
+      batch["inputs"] @ w, batch["labels"], label_smoothing=0.1, reduction="mean"))(w)
   _close(grad, expected)
 
 
@@ -81,7 +81,8 @@ def test_mask_drops_examples_even_with_junk_inputs_and_out_of_range_labels():
 def test_masked_rows_with_nan_logits_give_zero_gradient():
   logits = jnp.asarray(_rng("nan").normal(size=(4, 3)), jnp.float32).at[1].set(jnp.nan)
   batch = {"inputs": None, "labels": jnp.array([0, -1, 2, 1]), "mask": jnp.array([True, False, True, True])}
-  (loss, _), grad = jax.value_and_grad(Objective(jaxdiv.cross_entropy, lambda z, _: z), has_aux=True)(logits, batch)
+  objective = Objective(jaxdiv.cross_entropy, lambda z, _: z)
+  (loss, _), grad = jax.value_and_grad(objective, has_aux=True)(logits, batch)
   assert np.isfinite(float(loss))
   assert np.all(np.isfinite(np.asarray(grad))) and np.all(np.asarray(grad[1]) == 0.0)
 
@@ -100,7 +101,8 @@ def test_class_mask_from_batch_reaches_the_loss_and_the_accuracy():
   where = jnp.array([True, False, True, True])
   loss, aux = Objective(jaxdiv.cross_entropy, _linear)(w, dict(batch, where=where))
   logits = batch["inputs"] @ w
-  _close(loss, jnp.mean(jaxdiv.cross_entropy(logits, batch["labels"], where=jnp.broadcast_to(where, logits.shape))))
+  full_where = jnp.broadcast_to(where, logits.shape)
+  _close(loss, jnp.mean(jaxdiv.cross_entropy(logits, batch["labels"], where=full_where)))
   predicted = jnp.argmax(jnp.where(where, logits, -jnp.inf), -1)
   _close(aux.accuracy, jnp.mean((predicted == batch["labels"]).astype(jnp.float32)))
 
@@ -135,7 +137,7 @@ def test_return_aux_reports_the_z_loss_and_extra_metrics():
   kl = functools.partial(jaxdiv.kl_divergence_with_log_targets)
   objective = Objective(jaxdiv.cross_entropy, _linear, loss_kwargs={"z_loss": 1e-2}, return_aux=True,
                         metrics={"entropy": lambda z, y: jaxdiv.entropy(z)})
-  loss, aux = objective(w, batch)
+  _, aux = objective(w, batch)
   logits = batch["inputs"] @ w
   _, parts = jaxdiv.cross_entropy(logits, batch["labels"], z_loss=1e-2, reduction="mean", return_aux=True)
   _close(aux.metrics["z_loss"], parts["z_loss"])

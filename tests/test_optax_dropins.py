@@ -21,10 +21,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+import reference as ref
 from jax import test_util  # noqa: F401  (jax.test_util.check_grads)
 
 import jaxdiv
-import reference as ref
 from jaxdiv import optax as dropin
 
 NEG_INF = -np.inf
@@ -126,6 +126,9 @@ def test_module_exports_exactly_the_dropins_and_optax_stays_optax():
   assert sorted(dropin.__all__) == dropin.__all__
   assert dropin.__name__ == "jaxdiv.optax"
   assert sys.modules["optax"] is optax and optax is not dropin
+  from jaxdiv import _demo  # a module inside jaxdiv that does `import optax`
+
+  assert _demo.optax is optax
   assert optax.losses.softmax_cross_entropy is not dropin.softmax_cross_entropy
   assert dropin.convex_kl_divergence is dropin.generalized_kl_divergence
 
@@ -163,7 +166,8 @@ def test_values_and_gradients_equal_optax_on_random_inputs(name):
 def test_axis_conventions_equal_optax(name, axis):
   if name == "softmax_cross_entropy_with_integer_labels" and axis is None:
     with pytest.raises(TypeError, match="axis"):
-      dropin.softmax_cross_entropy_with_integer_labels(jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32), axis=None)
+      dropin.softmax_cross_entropy_with_integer_labels(
+          jnp.zeros((2, 3)), jnp.zeros((2,), jnp.int32), axis=None)
     return
   args = _f32(_inputs(name, _rng(name, axis), (3, 4, 5), axis))
   ours = jax.jit(lambda *a: _call(dropin, name, *a, axis=axis))(*args)
@@ -193,7 +197,8 @@ def test_where_equals_optax(name, where_kind):
   _close(_call(dropin, name, *args, where=where), _optax(name, *args, where=where))
 
 
-@pytest.mark.parametrize("name", ["kl_divergence", "kl_divergence_with_log_targets", "generalized_kl_divergence"])
+@pytest.mark.parametrize(
+    "name", ["kl_divergence", "kl_divergence_with_log_targets", "generalized_kl_divergence"])
 def test_kl_where_equals_optax_when_kept_classes_hold_all_mass(name):
   rng = _rng(name, "where")
   where = jnp.asarray(rng.uniform(size=(4, 6)) < 0.7).at[:, 0].set(True)
@@ -224,22 +229,23 @@ def test_jit_vmap_and_forward_mode_agree(name):
   eager = _call(dropin, name, *args)
   _close(jax.jit(lambda *a: _call(dropin, name, *a))(*args), eager)
   _close(jax.jit(jax.vmap(lambda *a: _call(dropin, name, *a)))(*args), eager)
-  total = lambda x: jnp.sum(_call(dropin, name, x, *args[1:]))  # noqa: E731
+  total = lambda x: jnp.sum(_call(dropin, name, x, *args[1:]))
   _close(jax.jit(jax.jacfwd(total))(args[0]), jax.jit(jax.grad(total))(args[0]), rtol=1e-5, atol=1e-6)
 
 
 # The other drop-ins call a jaxdiv loss whose Hessian tests/test_api.py checks;
 # these three add math of their own around it.
-@pytest.mark.parametrize("name", ["generalized_kl_divergence", "poly_loss_cross_entropy", "sigmoid_focal_loss"])
+@pytest.mark.parametrize(
+    "name", ["generalized_kl_divergence", "poly_loss_cross_entropy", "sigmoid_focal_loss"])
 def test_hessian_is_finite_symmetric_and_matches_float64_finite_differences(name):
   args = _f32(_inputs(name, _rng(name, "hessian"), (2, 3), -1))
-  total = lambda x: jnp.sum(_call(dropin, name, x, *args[1:]))  # noqa: E731
+  total = lambda x: jnp.sum(_call(dropin, name, x, *args[1:]))
   h = np.asarray(jax.jit(jax.hessian(total))(args[0])).reshape(args[0].size, -1)
   assert np.all(np.isfinite(h))
   _close(h, h.T, rtol=1e-4, atol=1e-6)
   with jax.enable_x64(True):
     args64 = [jnp.asarray(a, jnp.float64) if jnp.issubdtype(a.dtype, jnp.floating) else a for a in args]
-    total64 = lambda x: jnp.sum(_call(dropin, name, x, *args64[1:]))  # noqa: E731
+    total64 = lambda x: jnp.sum(_call(dropin, name, x, *args64[1:]))
     jax.test_util.check_grads(jax.jit(total64), (args64[0],), order=2, modes=("fwd", "rev"), eps=1e-4)
 
 
