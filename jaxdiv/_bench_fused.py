@@ -93,8 +93,8 @@ def measure_all(methods: dict, h, w, y, repeats: int) -> dict:
 
 
 def _table(rows: dict, baselines=("naive", "checkpointed scan")) -> str:
-  lines = [f"{'method':<22}{'temp MiB':>10}{'time s':>9}" + "".join(f"{'mem/' + b[:5]:>12}{'time/' + b[:5]:>12}"
-                                                                   for b in baselines)]
+  header = "".join(f"{'mem/' + b[:5]:>12}{'time/' + b[:5]:>12}" for b in baselines)
+  lines = [f"{'method':<22}{'temp MiB':>10}{'time s':>9}" + header]
   for name, r in rows.items():
     cells = f"{name:<22}{r['temp_mib']:>10.1f}{r.get('seconds', float('nan')):>9.3f}"
     for b in baselines:

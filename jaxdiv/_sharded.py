@@ -42,7 +42,8 @@ def _axis_size(mesh: Any, name: Any, what: str) -> int:
 def _check_layout(mesh, vocab_axis, token_axis, n: int, vocab: int) -> None:
   pv = _axis_size(mesh, vocab_axis, "vocab_axis")
   if vocab % pv:
-    raise ValueError(f"V = {vocab} classes must be divisible by the {pv} devices of vocab_axis={vocab_axis!r}.")
+    raise ValueError(
+        f"V = {vocab} classes must be divisible by the {pv} devices of vocab_axis={vocab_axis!r}.")
   if token_axis is not None:
     if token_axis == vocab_axis:
       raise ValueError(f"token_axis and vocab_axis must be different mesh axes; both are {vocab_axis!r}.")
@@ -84,7 +85,8 @@ def _two_sided(name, logits, target, target_name, mesh, vocab_axis, token_axis):
   z = v.as_floating("logits", logits)
   t = v.as_floating(target_name, target, _INT_HINT)
   if z.ndim != 2:
-    raise ValueError(f"{name} takes logits of shape [N, V]; got {list(z.shape)}. Reshape leading axes into N.")
+    raise ValueError(
+        f"{name} takes logits of shape [N, V]; got {list(z.shape)}. Reshape leading axes into N.")
   v.same_shape(target_name, t, "logits", z)
   z, t = v.to_compute(z, t)
   _check_layout(mesh, vocab_axis, token_axis, z.shape[0], z.shape[1])
@@ -345,7 +347,8 @@ def vocab_parallel_fused_linear_cross_entropy(
   token_shape = h.shape[:-1]
   d, vocab = w.shape
   dt, h32, b32 = _fused.linear_dtypes(h, w, b)
-  y, active, weights = _fused.prepare_labels(labels, token_shape, ignore_index, shift_labels, class_weights, vocab, dt)
+  y, active, weights = _fused.prepare_labels(
+      labels, token_shape, ignore_index, shift_labels, class_weights, vocab, dt)
   h32 = h32.reshape(-1, d)
   n = h32.shape[0]
   _check_layout(mesh, vocab_axis, token_axis, n, vocab)
@@ -358,7 +361,8 @@ def vocab_parallel_fused_linear_cross_entropy(
     return _fused.vocab_core(spec, h, w, b, (y,))
 
   tokens = P(token_axis)
-  f = _shard_map(local, mesh, (P(token_axis, None), P(None, vocab_axis), P(vocab_axis), tokens), (tokens, tokens))
+  in_specs = (P(token_axis, None), P(None, vocab_axis), P(vocab_axis), tokens)
+  f = _shard_map(local, mesh, in_specs, (tokens, tokens))
   loss, lse = f(h32, w, b32, y)
   per_token = jnp.where(active, weights * jnp.where(active, loss, 0), 0).reshape(token_shape)
   out = _reduction.reduce(per_token, reduction, weight=weights.reshape(token_shape), normalizer=normalizer)

@@ -66,7 +66,8 @@ def test_cross_entropy_value_and_gradients_match_materialised(mode, option):
     return jaxdiv.cross_entropy(_logits(h, w, b), y, **kw)
 
   def fused(h, w, b):
-    return jaxdiv.fused_linear_cross_entropy(h, w, y, bias=b, mode=mode, token_block=20, vocab_block=100, **kw)
+    return jaxdiv.fused_linear_cross_entropy(
+        h, w, y, bias=b, mode=mode, token_block=20, vocab_block=100, **kw)
 
   want, want_grads = jax.value_and_grad(materialised, (0, 1, 2))(h, w, b)
   got, grads = jax.jit(jax.value_and_grad(fused, (0, 1, 2)))(h, w, b)
@@ -87,7 +88,8 @@ def test_per_token_losses_lse_and_arbitrary_cotangents_match():
     return jaxdiv.cross_entropy(_logits(h, w, b), y, reduction="none", **kw)
 
   def fused(h, w, b):
-    return jaxdiv.fused_linear_cross_entropy(h, w, y, bias=b, reduction="none", return_lse=True, vocab_block=64, **kw)
+    return jaxdiv.fused_linear_cross_entropy(
+        h, w, y, bias=b, reduction="none", return_lse=True, vocab_block=64, **kw)
 
   want, want_vjp = jax.vjp(materialised, h, w, b)
 
@@ -116,7 +118,8 @@ def test_shift_labels_predicts_the_next_token_without_slicing_hidden(mode):
     return jaxdiv.cross_entropy(h[:, :-1] @ w, y[:, 1:], reduction="mean")
 
   def fused(h, w):
-    return jaxdiv.fused_linear_cross_entropy(h, w, y, shift_labels=True, mode=mode, token_block=8, vocab_block=128)
+    return jaxdiv.fused_linear_cross_entropy(
+        h, w, y, shift_labels=True, mode=mode, token_block=8, vocab_block=128)
 
   want, want_grads = jax.value_and_grad(materialised, (0, 1))(h, w)
   got, grads = jax.jit(jax.value_and_grad(fused, (0, 1)))(h, w)
@@ -152,10 +155,12 @@ def test_float64_matches_the_numpy_reference():
   with jax.enable_x64(True):
     h, w, b, y = _inputs(7, dtype=jnp.float64)
     want = ref.cross_entropy(np.asarray(h) @ np.asarray(w) + np.asarray(b), np.asarray(y))
-    per_token = jax.jit(lambda h: jaxdiv.fused_linear_cross_entropy(h, w, y, bias=b, reduction="none", vocab_block=100))(h)
+    per_token = jax.jit(
+        lambda h: jaxdiv.fused_linear_cross_entropy(h, w, y, bias=b, reduction="none", vocab_block=100))(h)
     assert per_token.dtype == jnp.float64
     np.testing.assert_allclose(np.asarray(per_token), want, rtol=1e-12)
-    total = jax.jit(lambda h: jaxdiv.fused_linear_cross_entropy(h, w, y, bias=b, mode="fast", reduction="sum", token_block=20))(h)
+    total = jax.jit(lambda h: jaxdiv.fused_linear_cross_entropy(
+        h, w, y, bias=b, mode="fast", reduction="sum", token_block=20))(h)
     np.testing.assert_allclose(float(total), np.sum(want), rtol=1e-12)
 
 
@@ -194,8 +199,8 @@ def test_vmap_over_batches_with_a_shared_weight(mode):
   f = lambda h, y, w: jaxdiv.fused_linear_cross_entropy(h, w, y, mode=mode, token_block=16, vocab_block=128)
   got, grads = jax.jit(jax.vmap(jax.value_and_grad(f, (0, 2)), in_axes=(0, 0, None)))(hs, ys, w)
   for i in range(3):
-    want, want_grads = jax.value_and_grad(lambda h, w: jaxdiv.cross_entropy(h @ w, ys[i], reduction="mean"), (0, 1))(
-        hs[i], w)
+    materialised = lambda h, w: jaxdiv.cross_entropy(h @ w, ys[i], reduction="mean")
+    want, want_grads = jax.value_and_grad(materialised, (0, 1))(hs[i], w)
     _assert_close(got[i], want)
     _assert_close(grads[0][i], want_grads[0])
     _assert_close(grads[1][i], want_grads[1])
@@ -244,7 +249,8 @@ def test_compiled_temporaries_stay_below_the_logits():
     return jax.jit(jax.value_and_grad(f, (0, 1))).lower(h, w).compile().memory_analysis().temp_size_in_bytes
 
   naive = temp_bytes(lambda h, w: jaxdiv.cross_entropy(h @ w, y, reduction="mean"))
-  low = temp_bytes(lambda h, w: jaxdiv.fused_linear_cross_entropy(h, w, y, mode="low_memory", vocab_block=256))
+  low = temp_bytes(
+      lambda h, w: jaxdiv.fused_linear_cross_entropy(h, w, y, mode="low_memory", vocab_block=256))
   fast = temp_bytes(lambda h, w: jaxdiv.fused_linear_cross_entropy(h, w, y, mode="fast", token_block=16))
   assert naive >= logits_bytes
   assert low <= logits_bytes // 8, (low, logits_bytes)
@@ -308,3 +314,17 @@ def test_distillation_from_teacher_hidden_states_gives_the_teacher_no_gradient(m
   per_token = jaxdiv.fused_linear_distillation(
       h, w, th, bias=b, teacher_weight=tw, teacher_bias=tb, reduction="none", mode="low_memory")
   _assert_close(per_token, jaxdiv.kl_divergence_with_log_targets(_logits(h, w, b), _logits(th, tw, tb)))
+
+
+def test_distillation_under_vmap_and_its_forward_mode_error():
+  rng = np.random.default_rng(18)
+  hs = jnp.asarray(rng.normal(size=(2, 24, D)), jnp.float32)
+  ts = jnp.asarray(rng.normal(size=(2, 24, V)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(D, V)) * 0.5, jnp.float32)
+  f = lambda h, t: jaxdiv.fused_linear_distillation(
+      h, w, t, divergence="reverse_kl", reduction="none", vocab_block=100)
+  got = jax.jit(jax.vmap(f))(hs, ts)
+  for i in range(2):
+    _assert_close(got[i], jaxdiv.reverse_kl_divergence(hs[i] @ w, ts[i]))
+  with pytest.raises(TypeError, match="forward-mode"):
+    jax.jacfwd(lambda h: jaxdiv.fused_linear_distillation(h, w, ts[0]))(hs[0])

@@ -50,7 +50,8 @@ def _gathers_vocab(compiled_text: str, vocab: int) -> list[str]:
   out = []
   for line in _all_gathers(compiled_text):
     result = line.split("=", 1)[1] if "=" in line else line
-    dims = [int(x) for shape in re.findall(r"\[([\d,]*)\]", result.split("all-gather")[0]) for x in shape.split(",") if x]
+    shapes = re.findall(r"\[([\d,]*)\]", result.split("all-gather")[0])
+    dims = [int(x) for shape in shapes for x in shape.split(",") if x]
     if vocab in dims:
       out.append(line)
   return out
@@ -86,7 +87,8 @@ def test_divergences_match_one_device_values_and_gradients(name):
   mesh = _mesh()
   kw = {"mesh": mesh, "vocab_axis": "vocab", "token_axis": "data"}
   sharded, single = {
-      "kl": (lambda z, t: jaxdiv.vocab_parallel_kl_divergence(z, t, **kw), jaxdiv.kl_divergence_with_log_targets),
+      "kl": (lambda z, t: jaxdiv.vocab_parallel_kl_divergence(z, t, **kw),
+             jaxdiv.kl_divergence_with_log_targets),
       "reverse_kl": (lambda z, t: jaxdiv.vocab_parallel_kl_divergence(z, t, reverse=True, **kw),
                      jaxdiv.reverse_kl_divergence),
       "jsd": (lambda z, t: jaxdiv.vocab_parallel_jensen_shannon_divergence(z, t, beta=0.3, **kw),
@@ -139,7 +141,8 @@ def test_compiled_programs_never_all_gather_the_vocabulary():
   kw = {"mesh": mesh, "vocab_axis": "vocab", "token_axis": "data"}
   programs = {
       "fused": (lambda h, w: jaxdiv.vocab_parallel_fused_linear_cross_entropy(h, w, y, **kw), (h, w)),
-      "ce": (lambda z, t: jnp.sum(jaxdiv.vocab_parallel_cross_entropy(z, y, label_smoothing=0.1, **kw)), (z, t)),
+      "ce": (lambda z, t: jnp.sum(jaxdiv.vocab_parallel_cross_entropy(z, y, label_smoothing=0.1, **kw)),
+             (z, t)),
       "jsd": (lambda z, t: jnp.sum(jaxdiv.vocab_parallel_jensen_shannon_divergence(z, t, **kw)), (z, t)),
   }
   for name, (f, args) in programs.items():
@@ -158,7 +161,8 @@ def test_named_sharding_inputs_under_jit_and_an_explicit_mesh():
   mesh = _mesh()
   zs = jax.device_put(z, NamedSharding(mesh, P("data", "vocab")))
   ts = jax.device_put(t, NamedSharding(mesh, P(None, "vocab")))  # a different layout is resharded
-  f = jax.jit(lambda z, t: jaxdiv.vocab_parallel_kl_divergence(z, t, mesh=mesh, vocab_axis="vocab", token_axis="data"))
+  kw = {"mesh": mesh, "vocab_axis": "vocab", "token_axis": "data"}
+  f = jax.jit(lambda z, t: jaxdiv.vocab_parallel_kl_divergence(z, t, **kw))
   _assert_close(f(zs, ts), jaxdiv.kl_divergence_with_log_targets(z, t))
   explicit = _mesh(explicit=True)
   with jax.set_mesh(explicit):
@@ -181,3 +185,18 @@ def test_layout_errors_name_the_argument():
     jaxdiv.vocab_parallel_cross_entropy(z, y, mesh="mesh", vocab_axis="vocab")
   with pytest.raises(ValueError, match="target_logits must have the same shape as logits"):
     jaxdiv.vocab_parallel_jensen_shannon_divergence(z, t[:, :64], mesh=mesh, vocab_axis="vocab")
+
+
+def test_divergences_support_forward_mode_and_the_fused_loss_vmaps():
+  z, t, y = _data(8)
+  mesh = _mesh()
+  kw = {"mesh": mesh, "vocab_axis": "vocab", "token_axis": "data"}
+  f = lambda z: jaxdiv.vocab_parallel_kl_divergence(z, t, **kw)
+  want = jax.jacrev(lambda z: jaxdiv.kl_divergence_with_log_targets(z, t))(z)
+  _assert_close(jax.jit(jax.jacfwd(f))(z), want)
+  rng = np.random.default_rng(9)
+  hs = jnp.asarray(rng.normal(size=(2, N, D)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(D, V)), jnp.float32)
+  loss = jax.jit(jax.vmap(lambda h: jaxdiv.vocab_parallel_fused_linear_cross_entropy(h, w, y, **kw)))(hs)
+  for i in range(2):
+    _assert_close(loss[i], jaxdiv.cross_entropy(hs[i] @ w, y, reduction="mean"))
