@@ -136,9 +136,21 @@ def binary_kl_divergence(
   t = v.as_floating("target_logits", target_logits, "Pass target logits; for 0/1 labels use binary_cross_entropy.")
   v.same_shape("target_logits", t, "logits", x)
   x, t, mask, axes = _inputs(x, t, axis, where)
-  log_q1, log_q0 = _log_sigmoids(x)
-  log_p1, log_p0 = _log_sigmoids(t)
-  terms = _kernels.kl_terms(log_p1, log_q1, True) + _kernels.kl_terms(log_p0, log_q0, True)
+  # Finite logits: Bernoulli(σ(z)) is Categorical(softmax([z, 0])), and the
+  # categorical KL kernel forms log q - log p from the exact z - t, so nearly
+  # equal logits keep their relative accuracy (two separately rounded
+  # log-sigmoids lose it). Infinite logits (deterministic outcomes, where [±inf, 0]
+  # is not a valid logit row): the pointwise terms on the log-sigmoids, exact
+  # there. Each path sees only the inputs it is used for, so neither leaks NaN
+  # into the other's gradient.
+  infinite = jnp.isinf(x) | jnp.isinf(t)
+  two_outcomes = lambda a: jnp.stack([jnp.where(infinite, 0, a), jnp.zeros_like(a)], axis=-1)
+  accurate = _kernels.kl_rows(two_outcomes(t), two_outcomes(x), x.ndim, True)
+  xi, ti = jnp.where(infinite, x, 0), jnp.where(infinite, t, 0)
+  log_q1, log_q0 = _log_sigmoids(xi)
+  log_p1, log_p0 = _log_sigmoids(ti)
+  exact_at_inf = _kernels.kl_terms(log_p1, log_q1, True) + _kernels.kl_terms(log_p0, log_q0, True)
+  terms = jnp.where(infinite, exact_at_inf, accurate)
   return _reduction.reduce_elements(terms, mask, axes, reduction, normalizer)
 
 

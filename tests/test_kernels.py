@@ -88,3 +88,21 @@ def test_kl_rows_is_exactly_zero_for_equal_logits_and_has_analytic_derivatives()
   t = jnp.asarray(rng.normal(size=(3, 50)), jnp.float32)
   g = jax.grad(lambda a: jnp.sum(_kernels.kl_rows(t, a, 1, True)))(z)
   np.testing.assert_allclose(g, jax.nn.softmax(z) - jax.nn.softmax(t), atol=1e-7)
+
+
+@pytest.mark.parametrize("model, target", [
+    ([0.5, 0.0], [1e30, 0.0]), ([0.5, 0.0, -3.0], [0.0, 1e30, 2.0]), ([1e30, 0.0], [0.0, 1e4]),
+    ([-1e30, 2.0, 0.0], [3.0, -1e30, 1.0]),
+    # Regression: a rounded offset = lse_z - lse_t lost 1.7e-5 of 11.0000167 here.
+    ([449.0, 672.0, 1096.0, -1369.0, 1107.0, -352.75], [510.75, -3428.0, 2204.0, -827.5, -2522.0, -166.375]),
+])
+def test_kl_rows_when_the_two_rows_maxima_are_far_apart(model, target):
+  # Regression: forming log q - log p as (z - t) - (lse_z - lse_t) cancelled
+  # catastrophically here (0.32 instead of 0.47 for the first row).
+  z, t = np.array(model, np.float32), np.array(target, np.float32)
+  lq = z.astype(np.float64) - np.logaddexp.reduce(z.astype(np.float64))
+  lp = t.astype(np.float64) - np.logaddexp.reduce(t.astype(np.float64))
+  p = np.exp(lp)
+  want = np.sum(np.where(p > 0, p * (lp - lq), 0.0))
+  got = _kernels.kl_rows(jnp.asarray(t), jnp.asarray(z), 0, True)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
