@@ -444,6 +444,7 @@ def block_size(name: str, requested: int | None, other: int, total: int) -> int:
   """A block along an axis of length ``total``: ``requested``, or a default block of logits ``[*, other]``."""
   if requested is None:
     elements = _FAST_BLOCK_ELEMENTS if name == "token_block" else _LOW_MEMORY_BLOCK_ELEMENTS
+    elements = min(elements, other * total // 16)  # and at most 1/16 of the logits
     return max(1, min(total, max(8, elements // max(other, 1))))
   if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
     raise ValueError(f"{name} must be a positive int; got {requested!r}.")
@@ -578,9 +579,9 @@ def fused_linear_cross_entropy(
       ``"low_memory"`` (vocabulary blocks, logits recomputed in the backward
       pass) or ``"auto"`` (``"fast"`` if the loss is a scalar and ``N >= 2D``).
     token_block: tokens per block in the fast mode (default ``11·2^20 / V``:
-      44 MiB of float32 logits per block).
+      44 MiB of float32 logits per block, at most ``N / 16``).
     vocab_block: classes per block in the low-memory mode (default
-      ``2^23 / N``: 32 MiB of float32 logits per block).
+      ``2^23 / N``: 32 MiB of float32 logits per block, at most ``V / 16``).
 
   Returns:
     The reduced loss (scalar) or the per-token losses (``labels.shape``),
