@@ -329,7 +329,17 @@ def label_cross_entropy(x: jax.Array, index: jax.Array, axis: int) -> jax.Array:
 def _label_cross_entropy_jvp(axis, primals, tangents):
   (x, index), (dx, _) = primals, tangents
   value, shift, norm = _label_ce_value(x, index, axis)
-  coeff = _probs(x, shift, norm) - _one_hot(index, x.shape, axis).astype(shift.dtype)
+  if x.dtype == shift.dtype:
+    # softmax as e / Σe with e = exp(x - shift), the very expression the forward
+    # sums: XLA computes it once, into the gradient's own buffer (so no
+    # temporary), and the backward only scales it. For a narrower input the
+    # float32 e could not share the output buffer, so it is recomputed instead.
+    e = jnp.exp(x - shift)
+    total = jnp.sum(e, axis=axis, keepdims=True)
+    probs = e * jnp.where(total > 0, 1 / jnp.where(total > 0, total, 1), 0)
+  else:
+    probs = _probs(x, shift, norm)
+  coeff = probs - _one_hot(index, x.shape, axis).astype(shift.dtype)
   return value, jnp.sum(coeff * _masked_tangent(x, dx, shift.dtype), axis=axis)
 
 
@@ -360,9 +370,19 @@ def soft_cross_entropy_rows(x: jax.Array, p: jax.Array, axis: int) -> jax.Array:
   pc = _widen(p, compute_dtype(x.dtype, p.dtype))
   hi, lo = _lse_parts(shift.astype(pc.dtype), norm.astype(pc.dtype))
   xw = _widen(x, pc.dtype)
-  # One select at the root, so the whole product is one fusion feeding the sum.
-  terms = jnp.where((pc == 0) & (xw == _NEG_INF), 0, pc * ((hi - xw) + lo))
-  return jnp.squeeze(_row_sum(terms, axis), axis)
+  # The summand is kept free of selects, which XLA:CPU cannot fuse into a
+  # reduction (it would write the terms out at full size): -inf logits are
+  # clamped to a finite -big so that p = 0 gives 0, and target mass on them is
+  # flagged by a boolean any() (a quarter-size temporary at most) and gives +inf.
+  # (Narrower inputs keep the select: their widening cannot be fused into the
+  # reduction either, so there the terms are written out once, at full size.)
+  if x.dtype != pc.dtype or p.dtype != pc.dtype:
+    terms = jnp.where((pc == 0) & (xw == _NEG_INF), 0, pc * ((hi - xw) + lo))
+    return jnp.sum(terms, axis=axis)
+  big = jnp.finfo(pc.dtype).max / 4
+  total = jnp.sum(pc * ((hi - jnp.maximum(xw, -big)) + lo), axis=axis)
+  infinite = jnp.any((pc > 0) & (xw == _NEG_INF), axis=axis)
+  return jnp.where(infinite, jnp.inf, total)
 
 
 @soft_cross_entropy_rows.defjvp

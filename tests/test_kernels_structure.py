@@ -60,8 +60,8 @@ OPTAX = {
 BOUNDS = {
     ("cross_entropy", "labels", "float32"): 0,
     ("cross_entropy", "labels", "bfloat16"): 0,  # no float32 copy of bf16 logits
-    ("soft_cross_entropy", "probs", "float32"): 1,  # the forward terms only
-    ("soft_cross_entropy", "probs", "bfloat16"): 1,
+    ("soft_cross_entropy", "probs", "float32"): 0,
+    ("soft_cross_entropy", "probs", "bfloat16"): 1,  # the forward terms only
     ("kl_divergence_with_log_targets", "logits", "float32"): 2,
     ("kl_divergence_with_log_targets", "logits", "bfloat16"): 2,
     ("jensen_shannon_divergence", "logits", "float32"): 4,
