@@ -145,7 +145,8 @@ def table(rows: list[Row]) -> str:
   lines = ["| case | float64 truth | optax | jaxdiv |", "|---|---|---|---|"]
   for r in rows:
     fmt = (lambda v: _fmt_rel(v, r.truth)) if r.relative else _fmt_value
-    lines.append(f"| {r.case} | {_fmt_value(r.truth)} | {fmt(r.optax)} | {fmt(r.jaxdiv)} |")
+    case = r.case.replace("|", "\\|")  # markdown: a pipe inside a cell is escaped
+    lines.append(f"| {case} | {_fmt_value(r.truth)} | {fmt(r.optax)} | {fmt(r.jaxdiv)} |")
   return "\n".join(lines)
 
 
