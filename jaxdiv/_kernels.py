@@ -370,18 +370,21 @@ def soft_cross_entropy_rows(x: jax.Array, p: jax.Array, axis: int) -> jax.Array:
   pc = _widen(p, compute_dtype(x.dtype, p.dtype))
   hi, lo = _lse_parts(shift.astype(pc.dtype), norm.astype(pc.dtype))
   xw = _widen(x, pc.dtype)
-  # The summand is kept free of selects, which XLA:CPU cannot fuse into a
-  # reduction (it would write the terms out at full size): -inf logits are
-  # clamped to a finite -big so that p = 0 gives 0, and target mass on them is
-  # flagged by a boolean any() (a quarter-size temporary at most) and gives +inf.
+  # The summands are kept free of selects and compares, which XLA:CPU cannot
+  # fuse into a reduction (it would write them out at full size first): -inf
+  # logits are clamped to a finite -big so that p = 0 gives 0, and target mass
+  # on them is found by a max over min(p·2^126, 1)·(-clamped x), which is at
+  # least big/2 there (for any normal p) and at most ~|x| elsewhere.
   # (Narrower inputs keep the select: their widening cannot be fused into the
   # reduction either, so there the terms are written out once, at full size.)
   if x.dtype != pc.dtype or p.dtype != pc.dtype:
     terms = jnp.where((pc == 0) & (xw == _NEG_INF), 0, pc * ((hi - xw) + lo))
     return jnp.sum(terms, axis=axis)
   big = jnp.finfo(pc.dtype).max / 4
-  total = jnp.sum(pc * ((hi - jnp.maximum(xw, -big)) + lo), axis=axis)
-  infinite = jnp.any((pc > 0) & (xw == _NEG_INF), axis=axis)
+  clamped = jnp.maximum(xw, -big)
+  total = jnp.sum(pc * ((hi - clamped) + lo), axis=axis)
+  weight = jnp.minimum(pc * 2.0**126, 1)
+  infinite = jnp.max(weight * jnp.minimum(-xw, big), axis=axis) >= big / 2  # not `clamped`: unshared
   return jnp.where(infinite, jnp.inf, total)
 
 
