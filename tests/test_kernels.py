@@ -106,3 +106,30 @@ def test_kl_rows_when_the_two_rows_maxima_are_far_apart(model, target):
   want = np.sum(np.where(p > 0, p * (lp - lq), 0.0))
   got = _kernels.kl_rows(jnp.asarray(t), jnp.asarray(z), 0, True)
   np.testing.assert_allclose(got, want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("vocab", [65536, 65537], ids=["chunked", "prime-whole"])
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_rows_longer_than_the_fast_reduction_limit_match_float64(vocab, dtype):
+  """Rows over 32768 classes are reduced in chunks on CPU (65536 = 2 · 32768); a
+  prime length has no chunk and is reduced whole. Values and gradients agree
+  with float64 either way, with masked classes and a 1e4 logit in the row."""
+  import jaxdiv
+  from tests import reference as ref
+
+  rng = np.random.default_rng(0)
+  x = rng.normal(size=(3, vocab)).astype(np.float32) * 3
+  x[0, :100] = -np.inf
+  x[1, 7] = 1e4
+  x = jnp.asarray(x, dtype)
+  labels = jnp.array([105, 7, vocab - 1])
+  assert (_kernels._chunk(x.shape, 1) is not None) == (vocab % 2 == 0 and jax.default_backend() == "cpu")
+  got, grad = jax.value_and_grad(lambda z: jnp.sum(jaxdiv.cross_entropy(z, labels)))(x)
+  want = ref.cross_entropy(x, labels)
+  np.testing.assert_allclose(got, np.sum(want), rtol=1e-6)
+  probs = np.exp(ref.log_softmax(x))
+  probs[np.arange(3), labels] -= 1
+  np.testing.assert_allclose(np.asarray(grad, np.float64), probs, atol=2e-7 if dtype == jnp.float32 else 4e-3)
+  p = jax.nn.softmax(jnp.asarray(rng.normal(size=(3, vocab)), jnp.float32))
+  np.testing.assert_allclose(jaxdiv.soft_cross_entropy(x, p), ref.soft_cross_entropy(x, p), rtol=1e-5)
+  np.testing.assert_allclose(jaxdiv.kl_divergence(x, p), ref.kl_divergence(x, p), rtol=1e-5)
