@@ -41,6 +41,10 @@ def _pairs(rng, dtype):
                                  distrax.MultivariateNormalDiag(a(3), pos(4, 3))),
       "MultivariateNormalTri": (distrax.MultivariateNormalTri(a(4, 3), tri()),
                                 distrax.MultivariateNormalTri(a(4, 3), tri())),
+      # An upper-triangular scale (is_lower=False) is a square root of Σ but no Cholesky factor.
+      "MultivariateNormalTriUpper": (
+          distrax.MultivariateNormalTri(a(4, 3), jnp.swapaxes(tri(), -1, -2), is_lower=False),
+          distrax.MultivariateNormalTri(a(4, 3), tri())),
       "Diag_Tri": (distrax.MultivariateNormalDiag(a(4, 3), pos(4, 3)), distrax.MultivariateNormalTri(a(4, 3), tri())),
       "Tri_Diag": (distrax.MultivariateNormalTri(a(4, 3), tri()), distrax.MultivariateNormalDiag(a(4, 3), pos(4, 3))),
       "Bernoulli": (distrax.Bernoulli(logits=3 * a(4, 3)), distrax.Bernoulli(logits=3 * a(4, 3))),
