@@ -227,14 +227,11 @@ def _log_mix_jvp(beta, primals, tangents):
 # coefficient: no full-size residual (softmax, log-softmax) is kept.
 
 
-def _row_sum(terms: jax.Array, axis: int) -> jax.Array:
-  """``Σ terms`` along ``axis``, kept as a size-1 dimension."""
-  return jnp.sum(terms, axis=axis, keepdims=True)
-
-
-# XLA:CPU's fused row reductions (YNNPACK) run ~10x slower once a row is longer
-# than 32768 entries (measured: Σ exp(x) over [512, 131072] float32 takes 130 ms,
-# over [2048, 32768] 12 ms). A long last axis is therefore reduced as
+# XLA:CPU's fused row reductions (YNNPACK) slow down ~10x on rows longer than
+# 32768 entries once a program has more than one of them (measured at
+# [512, 131072] float32: Σ exp(x - max) alone 26 ms, together with Σ p·x 450 ms;
+# in chunks of 32768 as below, 64 ms). Every row reduction of the kernels therefore
+# goes through :func:`_row_reduce`, which reduces a long last axis as
 # [rows · k, c] chunks of at most 32768 (c dividing the row), then over k; the
 # barrier keeps XLA from moving the reshape behind the elementwise terms, which
 # would bring the long rows back. Other backends reduce long rows well.
@@ -249,24 +246,24 @@ def _chunk(shape: tuple[int, ...], axis: int) -> int | None:
   return next((c for c in range(_FAST_ROW, 1023, -1) if n % c == 0), None)
 
 
-def _row_terms_and_sum(fn, full: tuple, rows: tuple, axis: int) -> tuple[jax.Array, jax.Array]:
-  """``(t, Σ t)`` along ``axis`` (kept as size 1) for ``t = fn(*full, *rows)``.
+def _row_reduce(fn, full: tuple, rows: tuple, axis: int, reducers: tuple) -> tuple[jax.Array, ...]:
+  """Reduces each output of ``fn(*full, *rows)`` along ``axis``, keeping it as size 1.
 
   ``full`` are arrays of the row shape, ``rows`` row-level arrays (size 1 along
-  ``axis``); ``fn`` is elementwise. Long last axes are reduced in chunks (see
-  ``_FAST_ROW``); ``t`` comes back in ``full``'s shape either way.
+  ``axis``); ``fn`` is elementwise and returns a tuple with one array per entry
+  of ``reducers`` (``jnp.sum`` or ``jnp.max``). One fused pass over ``full``
+  for all outputs; long last axes are reduced in chunks (see ``_FAST_ROW``).
   """
   shape = full[0].shape
   c = _chunk(shape, axis)
   if c is None:
-    terms = fn(*full, *rows)
-    return terms, _row_sum(terms, axis)
+    return tuple(r(t, axis=axis, keepdims=True) for r, t in zip(reducers, fn(*full, *rows), strict=True))
   k = shape[-1] // c
-  folded = [jax.lax.optimization_barrier(a.reshape(-1, c)) for a in full]
+  folded = jax.lax.optimization_barrier(tuple(a.reshape(-1, c) for a in full))
   spread = [jnp.broadcast_to(r[..., None], (*shape[:-1], k, 1)).reshape(-1, 1) for r in rows]
-  terms = fn(*folded, *spread)
-  total = jnp.sum(jnp.sum(terms, axis=-1).reshape(*shape[:-1], k), axis=-1, keepdims=True)
-  return terms.reshape(shape), total
+  outs = fn(*folded, *spread)
+  return tuple(r(r(t, axis=-1).reshape(*shape[:-1], k), axis=-1, keepdims=True)
+               for r, t in zip(reducers, outs, strict=True))
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1,))
@@ -280,9 +277,11 @@ def row_stats(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array]:
   ``∂norm/∂x = softmax(x)``, 0 at ``-inf`` entries.
   """
   cdt = compute_dtype(x.dtype)
-  shift = jnp.max(x, axis=axis, keepdims=True).astype(cdt)  # exact in the input dtype
+  (shift,) = _row_reduce(lambda x: (x,), (x,), (), axis, (jnp.max,))
+  shift = shift.astype(cdt)  # exact in the input dtype
   shift = jnp.where(jnp.isfinite(shift), shift, 0)
-  _, sum_exp = _row_terms_and_sum(lambda x, shift: jnp.exp(x.astype(cdt) - shift), (x,), (shift,), axis)
+  exp_terms = lambda x, shift: (jnp.exp(x.astype(cdt) - shift),)
+  (sum_exp,) = _row_reduce(exp_terms, (x,), (shift,), axis, (jnp.sum,))
   return shift, jnp.log(jnp.where(sum_exp > 0, sum_exp, 1))
 
 
@@ -403,10 +402,9 @@ def soft_cross_entropy_rows(x: jax.Array, p: jax.Array, axis: int) -> jax.Array:
   Derivatives: ``∂/∂x = (Σ p) softmax(x) - p``; ``∂/∂p = -log softmax(x)``,
   taken as 0 where ``p = 0`` and the logit is ``-inf``.
   """
+  cdt = compute_dtype(x.dtype, p.dtype)
   shift, norm = row_stats(x, axis)
-  pc = _widen(p, compute_dtype(x.dtype, p.dtype))
-  hi, lo = _lse_parts(shift.astype(pc.dtype), norm.astype(pc.dtype))
-  xw = _widen(x, pc.dtype)
+  hi, lo = _lse_parts(shift.astype(cdt), norm.astype(cdt))
   # The summands are kept free of selects and compares, which XLA:CPU cannot
   # fuse into a reduction (it would write them out at full size first): -inf
   # logits are clamped to a finite -big so that p = 0 gives 0, and target mass
@@ -414,15 +412,21 @@ def soft_cross_entropy_rows(x: jax.Array, p: jax.Array, axis: int) -> jax.Array:
   # least big/2 there (for any normal p) and at most ~|x| elsewhere.
   # (Narrower inputs keep the select: their widening cannot be fused into the
   # reduction either, so there the terms are written out once, at full size.)
-  if x.dtype != pc.dtype or p.dtype != pc.dtype:
-    terms = jnp.where((pc == 0) & (xw == _NEG_INF), 0, pc * ((hi - xw) + lo))
-    return jnp.sum(terms, axis=axis)
-  big = jnp.finfo(pc.dtype).max / 4
-  clamped = jnp.maximum(xw, -big)
-  total = jnp.sum(pc * ((hi - clamped) + lo), axis=axis)
-  weight = jnp.minimum(pc * 2.0**126, 1)
-  infinite = jnp.max(weight * jnp.minimum(-xw, big), axis=axis) >= big / 2  # not `clamped`: unshared
-  return jnp.where(infinite, jnp.inf, total)
+  if x.dtype != cdt or p.dtype != cdt:
+
+    def selected(x, p, hi, lo):
+      pc, xw = _widen(p, cdt), _widen(x, cdt)
+      return (jnp.where((pc == 0) & (xw == _NEG_INF), 0, pc * ((hi - xw) + lo)),)
+
+    (total,) = _row_reduce(selected, (x, p), (hi, lo), axis, (jnp.sum,))
+    return jnp.squeeze(total, axis)
+  big = jnp.finfo(cdt).max / 4
+
+  def select_free(x, p, hi, lo):
+    return p * ((hi - jnp.maximum(x, -big)) + lo), jnp.minimum(p * 2.0**126, 1) * jnp.minimum(-x, big)
+
+  total, flag = _row_reduce(select_free, (x, p), (hi, lo), axis, (jnp.sum, jnp.max))
+  return jnp.squeeze(jnp.where(flag >= big / 2, jnp.inf, total), axis)
 
 
 @soft_cross_entropy_rows.defjvp
@@ -432,7 +436,7 @@ def _soft_cross_entropy_rows_jvp(axis, primals, tangents):
   cdt = value.dtype
   shift, norm = row_stats(x, axis)
   pc = _widen(p, cdt)
-  mass = jnp.sum(p.astype(cdt), axis=axis, keepdims=True)
+  (mass,) = _row_reduce(lambda p: (p.astype(cdt),), (p,), (), axis, (jnp.sum,))
   # (Σ p)·softmax as one exp: the row-level select keeps XLA:CPU from fusing
   # the full-size expression into the reduction of p (which would write its
   # broadcast operands out at full size).
@@ -478,7 +482,26 @@ def _kl_term_fast(p: jax.Array, q: jax.Array, d: jax.Array) -> jax.Array:
   return jnp.where(near, p * _phi_series(jnp.where(near, d, 0)), q - p * (1 + d))
 
 
+def _kl_rows_stats(target, logits, axis, target_is_log):
+  """Row statistics of :func:`kl_rows`: ``(shift_z, norm_z, shift_t, norm_t)``.
+
+  ``shift_t`` and ``norm_t`` are zeros for a probability target.
+  """
+  cdt = compute_dtype(target.dtype, logits.dtype)
+  shift_z, norm_z = (a.astype(cdt) for a in row_stats(logits, axis))
+  if target_is_log:
+    shift_t, norm_t = (a.astype(cdt) for a in row_stats(target, axis))
+  else:
+    shift_t = norm_t = jnp.zeros_like(shift_z)
+  return shift_z, norm_z, shift_t, norm_t
+
+
 def _kl_rows_elems(target, logits, axis, target_is_log):
+  """:func:`_kl_elems` with the row statistics of :func:`_kl_rows_stats`."""
+  return _kl_elems(target, logits, *_kl_rows_stats(target, logits, axis, target_is_log), target_is_log)
+
+
+def _kl_elems(target, logits, shift_z, norm_z, shift_t, norm_t, target_is_log):
   """Elementwise quantities of :func:`kl_rows`: ``(p, log_p, support, d, log_q)``.
 
   ``d = log q - log p`` is formed as ``((z - t) - (max z - max t)) - (norm_z - norm_t)``:
@@ -491,14 +514,11 @@ def _kl_rows_elems(target, logits, axis, target_is_log):
   :func:`_lse_parts`). All differentiable (through :func:`row_stats`).
   """
   cdt = compute_dtype(target.dtype, logits.dtype)
-  shift_z, norm_z = (a.astype(cdt) for a in row_stats(logits, axis))
   if target_is_log:
-    shift_t, norm_t = (a.astype(cdt) for a in row_stats(target, axis))
     t = _widen(target, cdt)
   else:
     pw = _widen(target, cdt)
     t = jnp.where(pw > 0, jnp.log(jnp.where(pw > 0, pw, 1)), _NEG_INF)
-    shift_t = norm_t = jnp.zeros_like(shift_z)
   z = _widen(logits, cdt)
   hi_t, lo_t = _lse_parts(shift_t, norm_t)
   log_p = (t - hi_t) - lo_t
@@ -531,19 +551,25 @@ def _kl_rows_value(target, logits, axis, target_is_log):
   one pass to measure the mass and another to sum renormalised terms. Equal
   logits give ``d = 0``, ``E = 0`` and exactly 0.
   """
-  p, log_p, support, d, log_q = _kl_rows_elems(target, logits, axis, target_is_log)
-  log_p = jnp.where(support, log_p, 0)
-  # q' = p e^d on the support and q off it, as one exp.
-  q_prime = jnp.exp(jnp.where(support, log_p + d, log_q))
-  terms = jnp.where(support, _kl_term_fast(p, q_prime, d), q_prime)
-  total = jnp.squeeze(_row_sum(terms, axis), axis)
-  # E enters only through ψ(E/P) ≈ (E/P)²/2, so the direct Σ (q' - p) (p = 0
-  # off the support) is accurate enough: its ~1e-7 rounding moves ψ by ~1e-13.
-  excess = jnp.squeeze(_row_sum(q_prime - p, axis), axis)
-  if target_is_log:  # normalised: P = 1, or 0 for a row without target mass
-    mass_p = jnp.squeeze(jnp.max(target, axis=axis, keepdims=True) > _NEG_INF, axis).astype(total.dtype)
-  else:
-    mass_p = jnp.sum(_widen(target, total.dtype), axis=axis)
+  stats = _kl_rows_stats(target, logits, axis, target_is_log)
+  cdt = stats[0].dtype
+
+  def elementwise(target, logits, *stats):
+    p, log_p, support, d, log_q = _kl_elems(target, logits, *stats, target_is_log)
+    log_p = jnp.where(support, log_p, 0)
+    # q' = p e^d on the support and q off it, as one exp.
+    q_prime = jnp.exp(jnp.where(support, log_p + d, log_q))
+    terms = jnp.where(support, _kl_term_fast(p, q_prime, d), q_prime)
+    # E enters only through ψ(E/P) ≈ (E/P)²/2, so the direct Σ (q' - p) (p = 0
+    # off the support) is accurate enough: its ~1e-7 rounding moves ψ by ~1e-13.
+    # A log target is normalised: P = 1, or 0 for a row without target mass.
+    return terms, q_prime - p, target if target_is_log else _widen(target, cdt)
+
+  reducers = (jnp.sum, jnp.sum, jnp.max if target_is_log else jnp.sum)
+  total, excess, mass_p = (
+      jnp.squeeze(a, axis) for a in _row_reduce(elementwise, (target, logits), stats, axis, reducers))
+  if target_is_log:
+    mass_p = (mass_p > _NEG_INF).astype(cdt)
   r = jnp.where(mass_p > 0, excess / jnp.where(mass_p > 0, mass_p, 1), 0)
   # Both sides are non-negative and equal up to rounding when KL ≈ 0.
   return jnp.maximum(total - mass_p * _psi(r), 0)
@@ -599,9 +625,9 @@ def _kl_rows_jvp(axis, target_is_log, primals, tangents):
 # --------------------------------------------------------------------------- #
 
 
-def _log_probs_from_stats(x: jax.Array, axis: int, dtype) -> jax.Array:
-  shift, norm = row_stats(x, axis)
-  hi, lo = _lse_parts(shift.astype(dtype), norm.astype(dtype))
+def _log_probs(x: jax.Array, shift: jax.Array, norm: jax.Array, dtype) -> jax.Array:
+  """``log softmax(x)`` in ``dtype`` from the row statistics of :func:`row_stats`."""
+  hi, lo = _lse_parts(shift, norm)
   return (_widen(x, dtype) - hi) - lo
 
 
@@ -616,18 +642,24 @@ def _jsd_parts(target, logits, beta, axis):
   derivatives) only where ``p = q = 0``.
   """
   cdt = compute_dtype(target.dtype, logits.dtype)
-  log_p = _log_probs_from_stats(target, axis, cdt)
-  log_q = _log_probs_from_stats(logits, axis, cdt)
-  p, q = jnp.exp(log_p), jnp.exp(log_q)
-  m = beta * p + (1 - beta) * q
-  log_m = jnp.where(m > 0, jnp.log(jnp.where(m > 0, m, 1)), _NEG_INF)
+  stats = tuple(a.astype(cdt) for a in (*row_stats(target, axis), *row_stats(logits, axis)))
 
-  def kl(a, log_a):
-    support = a > 0
-    d = jnp.where(support, log_m - jnp.where(support, log_a, 0), 0)
-    return jnp.sum(jnp.where(support, _kl_term_fast(a, m, d), m), axis=axis)
+  def elementwise(target, logits, shift_t, norm_t, shift_z, norm_z):
+    log_p = _log_probs(target, shift_t, norm_t, cdt)
+    log_q = _log_probs(logits, shift_z, norm_z, cdt)
+    p, q = jnp.exp(log_p), jnp.exp(log_q)
+    m = beta * p + (1 - beta) * q
+    log_m = jnp.where(m > 0, jnp.log(jnp.where(m > 0, m, 1)), _NEG_INF)
 
-  return kl(p, log_p), kl(q, log_q), p, q, log_p, log_q, log_m
+    def kl_terms_to_m(a, log_a):
+      support = a > 0
+      d = jnp.where(support, log_m - jnp.where(support, log_a, 0), 0)
+      return jnp.where(support, _kl_term_fast(a, m, d), m)
+
+    return kl_terms_to_m(p, log_p), kl_terms_to_m(q, log_q), p, q, log_p, log_q, log_m
+
+  kl_p, kl_q = _row_reduce(lambda *a: elementwise(*a)[:2], (target, logits), stats, axis, (jnp.sum, jnp.sum))
+  return jnp.squeeze(kl_p, axis), jnp.squeeze(kl_q, axis), *elementwise(target, logits, *stats)[2:]
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(2, 3))
