@@ -68,6 +68,10 @@ def _shard_map(fn, mesh, in_specs, out_specs):
       args = [jax.reshard(a, s) for a, s in zip(args, shardings)]
     else:
       args = [a if isinstance(a, jax.core.Tracer) else jax.device_put(a, s) for a, s in zip(args, shardings)]
+    if not any(isinstance(a, jax.core.Tracer) for a in args):
+      # An eager call: compiled once, instead of dispatched op by op on every
+      # device (8.5 s -> 0.3 s for a JSD on 8 CPU devices).
+      return jax.jit(mapped)(*args)
     return mapped(*args)
 
   return run
