@@ -49,3 +49,23 @@ def test_plot_is_written_when_matplotlib_is_installed(quick_run):
 def test_bad_loss_name_is_rejected_with_the_choices():
   with pytest.raises(ValueError, match="unknown losses.*cross_entropy"):
     _bench.run([(4, 8)], ["float32"], ["nope"], repeats=1)
+
+
+def test_quick_fused_bench_writes_both_naive_baselines_and_the_plots(tmp_path):
+  """``python -m jaxdiv bench-fused --quick``: every method's memory and time, against both naive losses."""
+  assert cli.main(["bench-fused", "--quick", "--out", str(tmp_path)]) == 0
+  data = json.loads((tmp_path / "fused.json").read_text())
+  methods = {"naive (optax)", "naive", "checkpointed scan", "fused fast", "fused low_memory"}
+  assert set(data["rows"]) == methods
+  assert all(r["temp_mib"] > 0 and r["seconds"] > 0 for r in data["rows"].values())
+  # Memory is deterministic: the low-memory mode needs less than either naive loss at every V, and
+  # 16x less at the largest (its block stops growing with V, the logits do not).
+  sweep = data["vocab_sweep"]
+  assert set(sweep) == methods | {"V"}
+  for naive in ("naive (optax)", "naive"):
+    assert all(low < ref for low, ref in zip(sweep["fused low_memory"], sweep[naive]))
+    assert sweep["fused low_memory"][-1] * 16 < sweep[naive][-1]
+  assert {"naive", "naive (optax)", "fast", "low_memory"} <= set(data["tradeoff"])
+  pytest.importorskip("matplotlib")
+  assert (tmp_path / "fused_memory_vs_vocab.png").stat().st_size > 0
+  assert (tmp_path / "fused_tradeoff.png").stat().st_size > 0
