@@ -357,6 +357,8 @@ def label_cross_entropy(x: jax.Array, index: jax.Array, axis: int) -> jax.Array:
 
   Derivative: ``softmax(x) - onehot(index)``; the tangent is
   ``Σ (softmax - onehot) · dx``, so the gradient is one fused elementwise pass.
+  It is 0 at ``-inf`` entries, except a label on a ``-inf`` logit (value
+  ``+inf``; the derivative there is that of the formula, ``-1``).
   """
   return _label_ce_value(x, index, axis)[0]
 
@@ -376,7 +378,11 @@ def _label_cross_entropy_jvp(axis, primals, tangents):
   else:
     probs = _probs(x, shift, norm)
   coeff = probs - _one_hot(index, x.shape, axis).astype(shift.dtype)
-  return value, jnp.sum(coeff * _masked_tangent(x, dx, shift.dtype), axis=axis)
+  # softmax is exactly 0 at -inf entries, so the coefficient is too (but for a
+  # label on a -inf logit, whose loss is +inf): no mask on dx, whose transpose
+  # would read x once more in the backward (measured 1.1x slower at
+  # [8192, 1024] float32, 1.3x for bfloat16).
+  return value, jnp.sum(coeff * dx.astype(shift.dtype), axis=axis)
 
 
 def _neg_log_q(x, p, shift, norm):
