@@ -367,17 +367,12 @@ def label_cross_entropy(x: jax.Array, index: jax.Array, axis: int) -> jax.Array:
 def _label_cross_entropy_jvp(axis, primals, tangents):
   (x, index), (dx, _) = primals, tangents
   value, shift, norm = _label_ce_value(x, index, axis)
-  if x.dtype == shift.dtype and _chunk(x.shape, axis) is None:
-    # softmax as e / Σe with e = exp(x - shift), the very expression the forward
-    # sums: XLA computes it once, into the gradient's own buffer (so no
-    # temporary), and the backward only scales it. For a narrower input the
-    # float32 e could not share the output buffer, so it is recomputed instead.
-    e = jnp.exp(x - shift)
-    total = jnp.sum(e, axis=axis, keepdims=True)
-    probs = e * jnp.where(total > 0, 1 / jnp.where(total > 0, total, 1), 0)
-  else:
-    probs = _probs(x, shift, norm)
-  coeff = probs - _one_hot(index, x.shape, axis).astype(shift.dtype)
+  # softmax recomputed from the row statistics in the backward's one fused pass,
+  # rather than kept from the forward: when the logits are themselves an
+  # intermediate (hidden @ weight), XLA then writes the gradient over their
+  # buffer, and value_and_grad needs one [N, V] temporary instead of two
+  # (optax's CE needs two).
+  coeff = _probs(x, shift, norm) - _one_hot(index, x.shape, axis).astype(shift.dtype)
   # softmax is exactly 0 at -inf entries, so the coefficient is too (but for a
   # label on a -inf logit, whose loss is +inf): no mask on dx, whose transpose
   # would read x once more in the backward (measured 1.1x slower at

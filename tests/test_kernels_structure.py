@@ -128,3 +128,20 @@ def test_fused_gradients_match_plain_autodiff_of_the_textbook_formulas():
     g1 = jax.grad(lambda a: jnp.sum(fused(a)))(z)
     g2 = jax.grad(lambda a: jnp.sum(plain(a)))(z)
     np.testing.assert_allclose(g1, g2, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("vocab", [1024, 65536], ids=["whole-rows", "chunked-rows"])
+def test_cross_entropy_of_intermediate_logits_overwrites_them_with_their_gradient(vocab):
+  """Logits made inside the program (``hidden @ weight``, as in every model): value_and_grad w.r.t. hidden
+  and weight needs one [N, V] float32 temporary with jaxdiv's CE (the backward recomputes the softmax and
+  writes the gradient over the logits), where optax's CE keeps two."""
+  n, d = 256, 32
+  args = (jax.ShapeDtypeStruct((n, d), jnp.float32), jax.ShapeDtypeStruct((d, vocab), jnp.float32),
+          jax.ShapeDtypeStruct((n,), jnp.int32))
+
+  def full_buffers(ce):
+    f = jax.value_and_grad(lambda h, w, y: jnp.sum(ce(h @ w, y)), (0, 1))
+    return jax.jit(f).lower(*args).compile().memory_analysis().temp_size_in_bytes / (n * vocab * 4)
+
+  assert int(full_buffers(jaxdiv.cross_entropy)) == 1
+  assert int(full_buffers(optax.losses.softmax_cross_entropy_with_integer_labels)) == 2
