@@ -58,13 +58,17 @@ def test_quick_fused_bench_writes_both_naive_baselines_and_the_plots(tmp_path):
   methods = {"naive (optax)", "naive", "checkpointed scan", "fused fast", "fused low_memory"}
   assert set(data["rows"]) == methods
   assert all(r["temp_mib"] > 0 and r["seconds"] > 0 for r in data["rows"].values())
-  # Memory is deterministic: the low-memory mode needs less than either naive loss at every V, and
-  # 16x less at the largest (its block stops growing with V, the logits do not).
+  # Memory is deterministic: the low-memory mode needs less than either naive loss at every V, and its
+  # advantage grows with V (its block stops growing, the logits do not). At the quick sweep's largest
+  # shape (N=1024, V=32768) optax's naive loss holds two [N, V] f32 buffers (256 MiB) and jaxdiv's one
+  # (128 MiB), against ~11 MiB for the low-memory mode.
   sweep = data["vocab_sweep"]
   assert set(sweep) == methods | {"V"}
-  for naive in ("naive (optax)", "naive"):
-    assert all(low < ref for low, ref in zip(sweep["fused low_memory"], sweep[naive]))
-    assert sweep["fused low_memory"][-1] * 16 < sweep[naive][-1]
+  for naive, factor in (("naive (optax)", 16), ("naive", 8)):
+    saving = [ref / low for low, ref in zip(sweep["fused low_memory"], sweep[naive])]
+    assert all(s > 1 for s in saving), (naive, saving)
+    assert saving == sorted(saving), (naive, saving)
+    assert saving[-1] > factor, (naive, saving)
   assert {"naive", "naive (optax)", "fast", "low_memory"} <= set(data["tradeoff"])
   pytest.importorskip("matplotlib")
   assert (tmp_path / "fused_memory_vs_vocab.png").stat().st_size > 0
