@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from jaxdiv import __main__ as cli
-from jaxdiv import _bench
+from jaxdiv.cli import bench as _bench
+from jaxdiv.cli import main as cli
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,8 @@ import re
 import subprocess
 import sys
 
-from jaxdiv import __main__ as cli
-from jaxdiv import _demo
+from jaxdiv.cli import demo as _demo
+from jaxdiv.cli import main as cli
 
 
 def test_help_explains_every_subcommand(capsys):

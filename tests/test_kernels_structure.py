@@ -19,7 +19,8 @@ import optax
 import pytest
 
 import jaxdiv
-from jaxdiv import _bench, _kernels
+from jaxdiv import _kernels
+from jaxdiv.cli import bench as _bench
 
 ROWS, CLASSES = 64, 512
 FULL_F32 = ROWS * CLASSES * 4  # bytes of one full-size float32 temporary

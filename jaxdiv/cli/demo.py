@@ -227,9 +227,9 @@ def accuracy_table(results: list[Result], n_train: int, n_test: int) -> str:
 
 def numerics_table(vocab: int) -> str:
   """jaxdiv vs optax vs the float64 truth, from ``python -m jaxdiv selfcheck``."""
-  from jaxdiv import _report
+  from jaxdiv.cli import report
 
-  return _report.table(_report._rows(vocab))
+  return report.table(report._rows(vocab))
 
 
 def main(quick: bool = False, seed: int = 0, out: Callable[[str], Any] = print) -> int:
