@@ -49,7 +49,8 @@ def test_two_processes_match_one_device_values_and_gradients():
   status, out = _run_example("--num-processes", "2", "--timeout", str(WORKER_TIMEOUT_S))
   assert status == 0, out
   for process in (0, 1):
-    assert f"process {process}: 2 processes, 4 local devices, global mesh {{'data': 2, 'vocab': 4}}" in out, out
+    mesh = "global mesh {'data': 2, 'vocab': 4}"
+    assert f"process {process}: 2 processes, 4 local devices, {mesh}" in out, out
     for name in CHECKS:
       assert re.search(rf"process {process}: PASS {re.escape(name)}: value and gradient", out), (name, out)
     assert f"process {process}: {len(CHECKS)} of {len(CHECKS)} checks passed" in out, out
