@@ -19,8 +19,10 @@ from jaxdiv._categorical import (
 from jaxdiv._distill import distillation_loss, top_k_kl_divergence
 from jaxdiv._fused import fused_linear_cross_entropy, fused_linear_distillation
 from jaxdiv._gaussian import (
+    gaussian_cross_entropy,
     gaussian_entropy,
     gaussian_kl_divergence,
+    multivariate_normal_cross_entropy,
     multivariate_normal_entropy,
     multivariate_normal_kl_divergence,
     standard_normal_kl_divergence,
@@ -46,12 +48,14 @@ __all__ = [
     "entropy",
     "fused_linear_cross_entropy",
     "fused_linear_distillation",
+    "gaussian_cross_entropy",
     "gaussian_entropy",
     "gaussian_kl_divergence",
     "jensen_shannon_divergence",
     "kl_divergence",
     "kl_divergence_with_log_targets",
     "kl_estimator",
+    "multivariate_normal_cross_entropy",
     "multivariate_normal_entropy",
     "multivariate_normal_kl_divergence",
     "reverse_kl_divergence",

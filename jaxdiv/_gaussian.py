@@ -29,12 +29,13 @@ import jax.numpy as jnp
 from jax.scipy.linalg import solve_triangular
 from jax.typing import ArrayLike
 
-from jaxdiv import _kernels
+from jaxdiv import _series
 from jaxdiv import _validation as v
 
 Parameterization = Literal["log_var", "log_scale"]
 
 _HALF_LOG_2PI_E = 0.5 * (1.0 + math.log(2.0 * math.pi))
+_LOG_2PI = math.log(2.0 * math.pi)
 
 
 def _broadcast(**named: jax.Array) -> list[jax.Array]:
@@ -53,12 +54,6 @@ def _log_var_gap(log_spread: jax.Array, target_log_spread: jax.Array, parameteri
   return gap if parameterization == "log_var" else 2 * gap
 
 
-def _inv_scale(target_log_spread: jax.Array, parameterization: str) -> jax.Array:
-  """``1 / σ₂``."""
-  half = 0.5 if parameterization == "log_var" else 1.0
-  return jnp.exp(-half * target_log_spread)
-
-
 def _check_parameterization(parameterization: str) -> None:
   if parameterization not in ("log_var", "log_scale"):
     raise ValueError(f"parameterization must be 'log_var' or 'log_scale'; got {parameterization!r}.")
@@ -72,8 +67,8 @@ def _reduce(terms: jax.Array, axis, where) -> jax.Array:
   return jnp.sum(terms, axis=axes) if axes else terms
 
 
-def _diag_kl_terms(mean, log_spread, target_mean, target_log_spread, parameterization, where):
-  """Per-dimension KL terms (before the reduction), masked inputs zeroed first."""
+def _diag_inputs(mean, log_spread, target_mean, target_log_spread, parameterization, where):
+  """The four parameters checked, broadcast, cast to the compute dtype, masked inputs zeroed."""
   _check_parameterization(parameterization)
   spread = parameterization
   arrays = {
@@ -86,10 +81,33 @@ def _diag_kl_terms(mean, log_spread, target_mean, target_log_spread, parameteriz
   mask = v.mask(where, m1.shape)
   if mask is not None:  # NaN in a masked entry must reach neither value nor gradient
     m1, s1, m2, s2 = (jnp.where(mask, a, 0) for a in (m1, s1, m2, s2))
+  return m1, s1, m2, s2
+
+
+def _standardized_gap(m1: jax.Array, m2: jax.Array, target_log_spread: jax.Array, parameterization: str):
+  """``z = (μ₁ − μ₂)/σ₂``, and 0 (not ``0·inf = NaN``) for equal means when ``1/σ₂`` overflows.
+
+  Where ``1/σ₂`` is representable this is the plain product, so every
+  derivative (the Hessian ``1/σ₂²`` at equal means included) is exact. Beyond
+  the dtype's range (``log σ₂² < −177`` in float32) the value is 0 for equal
+  means and ``±inf`` otherwise, with zero derivatives.
+  """
+  half = 0.5 if parameterization == "log_var" else 1.0
+  log_inv = -half * target_log_spread
+  diff = m1 - m2
+  overflow = log_inv > math.log(jnp.finfo(log_inv.dtype).max)
+  inv = jnp.exp(jnp.where(overflow, 0, log_inv))
+  beyond = jnp.where(diff == 0, 0, jnp.where(diff > 0, jnp.inf, -jnp.inf))
+  return jnp.where(overflow, beyond, diff * inv)
+
+
+def _diag_kl_terms(mean, log_spread, target_mean, target_log_spread, parameterization, where):
+  """Per-dimension KL terms (before the reduction)."""
+  m1, s1, m2, s2 = _diag_inputs(mean, log_spread, target_mean, target_log_spread, parameterization, where)
   gap = _log_var_gap(s1, s2, parameterization)
   # e^δ − 1 − δ overflows to +inf (the true value) only when δ > 88 in float32.
-  var_term = 0.5 * _kernels._phi(gap)
-  z = (m1 - m2) * _inv_scale(s2, parameterization)
+  var_term = 0.5 * _series.phi(gap)
+  z = _standardized_gap(m1, m2, s2, parameterization)
   return var_term + 0.5 * jnp.square(z)
 
 
@@ -241,6 +259,62 @@ def gaussian_entropy(
   return _reduce(half_log_var + _HALF_LOG_2PI_E, axis, where)
 
 
+def gaussian_cross_entropy(
+    mean: ArrayLike,
+    log_var: ArrayLike,
+    target_mean: ArrayLike,
+    target_log_var: ArrayLike,
+    *,
+    parameterization: Parameterization = "log_var",
+    axis: int | tuple[int, ...] | None = -1,
+    where: ArrayLike | None = None,
+) -> jax.Array:
+  r"""Cross-entropy H(p, q) = −E_p[log q] of diagonal Gaussians p = N(mean, var), q = N(target_mean, target_var).
+
+  .. math:: H(p, q) = \sum_i \tfrac12\Big(\log 2\pi + \log\sigma'^2_i + e^{\delta_i}
+     + \frac{(\mu_i - \mu'_i)^2}{\sigma'^2_i}\Big),
+     \qquad \delta_i = \log\sigma_i^2 - \log\sigma'^2_i
+
+  Equal to ``gaussian_kl_divergence(...) + gaussian_entropy(log_var)``, and
+  made of the same terms (``e^δ``, the standardised mean gap), but summed
+  directly: the KL + entropy sum cancels whenever the (differential) entropy
+  is negative, e.g. for small variances. The argument order is that of
+  :func:`gaussian_kl_divergence` (the expectation is under the first pair),
+  as ``p.cross_entropy(q)`` in distrax/TFP.
+
+  Args:
+    mean: means ``μ`` of the first distribution ``p``, ``[..., dim]``.
+    log_var: its log-variances ``log σ²`` (or log-scales), broadcastable.
+    target_mean: means ``μ'`` of ``q``, broadcastable.
+    target_log_var: its log-variances (or log-scales), broadcastable.
+    parameterization: ``"log_var"`` or ``"log_scale"``.
+    axis: the event axes to sum over; None returns per-dimension terms.
+    where: optional boolean mask broadcastable to the parameters' shape.
+
+  Returns:
+    The broadcast shape without ``axis``, float32 (float64 for float64 input).
+
+  Numerics:
+    Three terms, ``log 2π + log σ'²`` (the only one that can be negative),
+    ``e^δ`` and ``z²``, each to a few ulp; the sum cancels only where the
+    cross-entropy itself is near 0, which no formula avoids. Equal means with
+    a target variance below the float range give the finite value (not
+    ``0·inf = NaN``). A masked entry contributes 0 with zero gradient.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdiv
+    >>> h = jaxdiv.gaussian_cross_entropy(jnp.zeros(2), jnp.zeros(2), jnp.zeros(2), jnp.zeros(2))
+    >>> print(f"{h:.4f}")  # = the entropy of N(0, I₂): 1 + log 2π
+    2.8379
+  """
+  m1, s1, m2, s2 = _diag_inputs(mean, log_var, target_mean, target_log_var, parameterization, where)
+  target_log_var_ = s2 if parameterization == "log_var" else 2 * s2
+  z = _standardized_gap(m1, m2, s2, parameterization)
+  ratio = jnp.exp(_log_var_gap(s1, s2, parameterization))
+  terms = 0.5 * ((_LOG_2PI + target_log_var_) + (ratio + jnp.square(z)))
+  return _reduce(terms, axis, where)
+
+
 # --------------------------------------------------------------------------- #
 # Full covariance, from Cholesky factors
 # --------------------------------------------------------------------------- #
@@ -274,6 +348,34 @@ def _log_ratio(a: jax.Array, b: jax.Array) -> jax.Array:
   ratio_m1 = jnp.where(near, (a - b) / safe_b, 0)
   far = jnp.log(jnp.where(near, 1, a)) - jnp.log(jnp.where(near, 1, b))
   return jnp.where(near, jnp.log1p(ratio_m1), far)
+
+
+def _mvn_pair(mean, scale_tril, target_mean, target_scale_tril):
+  """Both (mean, lower factor) pairs checked, cast and broadcast to one batch shape."""
+  m1, l1 = _tril_args(mean, scale_tril, "mean", "scale_tril")
+  m2, l2 = _tril_args(target_mean, target_scale_tril, "target_mean", "target_scale_tril")
+  if m1.shape[-1] != m2.shape[-1]:
+    raise ValueError(
+        f"target_mean must have the event size of mean, {m1.shape[-1]}; got {list(m2.shape)}."
+    )
+  m1, l1, m2, l2 = v.to_compute(m1, l1, m2, l2)
+  try:
+    batch = jnp.broadcast_shapes(m1.shape[:-1], l1.shape[:-2], m2.shape[:-1], l2.shape[:-2])
+  except ValueError:
+    raise ValueError(
+        "the batch shapes of mean, scale_tril, target_mean and target_scale_tril must broadcast; got "
+        f"{list(m1.shape[:-1])}, {list(l1.shape[:-2])}, {list(m2.shape[:-1])} and {list(l2.shape[:-2])}."
+    ) from None
+  k = m1.shape[-1]
+  m1, m2 = (jnp.broadcast_to(a, batch + (k,)) for a in (m1, m2))
+  l1, l2 = (jnp.broadcast_to(jnp.tril(a), batch + (k, k)) for a in (l1, l2))
+  return m1, l1, m2, l2
+
+
+def _mahalanobis_term(m1, m2, l2):
+  """``½ ‖L'⁻¹(μ − μ')‖²``."""
+  y = solve_triangular(l2, (m1 - m2)[..., None], lower=True)[..., 0]
+  return 0.5 * jnp.sum(jnp.square(y), axis=-1)
 
 
 def multivariate_normal_kl_divergence(
@@ -321,25 +423,59 @@ def multivariate_normal_kl_divergence(
     >>> print(f"{kl:.4f}")  # ½ tr(L Lᵀ) - 1 - log|det L| = ½·2.25 - 1
     0.1250
   """
-  m1, l1 = _tril_args(mean, scale_tril, "mean", "scale_tril")
-  m2, l2 = _tril_args(target_mean, target_scale_tril, "target_mean", "target_scale_tril")
-  if m1.shape[-1] != m2.shape[-1]:
-    raise ValueError(
-        f"target_mean must have the event size of mean, {m1.shape[-1]}; got {list(m2.shape)}."
-    )
-  m1, l1, m2, l2 = v.to_compute(m1, l1, m2, l2)
-  batch = jnp.broadcast_shapes(m1.shape[:-1], l1.shape[:-2], m2.shape[:-1], l2.shape[:-2])
-  k = m1.shape[-1]
-  m1, m2 = (jnp.broadcast_to(a, batch + (k,)) for a in (m1, m2))
-  l1, l2 = (jnp.broadcast_to(jnp.tril(a), batch + (k, k)) for a in (l1, l2))
+  m1, l1, m2, l2 = _mvn_pair(mean, scale_tril, target_mean, target_scale_tril)
   diag = lambda x: jnp.abs(jnp.diagonal(x, axis1=-2, axis2=-1))
   s = _log_ratio(diag(l1), diag(l2))
-  diag_terms = 0.5 * jnp.sum(_kernels._phi(2 * s), axis=-1)
+  diag_terms = 0.5 * jnp.sum(_series.phi(2 * s), axis=-1)
   # Strictly lower part of L'⁻¹L = I + L'⁻¹(L − L'): exact zero for equal factors.
   off = jnp.tril(solve_triangular(l2, l1 - l2, lower=True), k=-1)
   off_terms = 0.5 * jnp.sum(jnp.square(off), axis=(-2, -1))
-  y = solve_triangular(l2, (m1 - m2)[..., None], lower=True)[..., 0]
-  return diag_terms + off_terms + 0.5 * jnp.sum(jnp.square(y), axis=-1)
+  return diag_terms + off_terms + _mahalanobis_term(m1, m2, l2)
+
+
+def multivariate_normal_cross_entropy(
+    mean: ArrayLike,
+    scale_tril: ArrayLike,
+    target_mean: ArrayLike,
+    target_scale_tril: ArrayLike,
+) -> jax.Array:
+  r"""Cross-entropy H(p, q) = −E_p[log q] of p = N(mean, L Lᵀ), q = N(target_mean, L' L'ᵀ).
+
+  .. math:: H(p, q) = \tfrac{k}{2}\log 2\pi + \sum_i \log|L'_{ii}|
+     + \tfrac12\lVert L'^{-1} L\rVert_F^2 + \tfrac12\lVert L'^{-1}(\mu - \mu')\rVert^2
+
+  ``multivariate_normal_kl_divergence + multivariate_normal_entropy`` in
+  value, from the same solves, but summed directly (that sum cancels when the
+  entropy is negative). The argument order and the factors' conventions are
+  those of :func:`multivariate_normal_kl_divergence`.
+
+  Args:
+    mean: ``[..., k]`` means of ``p``, the distribution the expectation is under.
+    scale_tril: ``[..., k, k]`` its lower-triangular scale (entries above the
+      diagonal ignored; non-zero diagonal of either sign).
+    target_mean: ``[..., k]`` means of ``q``.
+    target_scale_tril: ``[..., k, k]`` its lower-triangular scale.
+    Leading (batch) dimensions broadcast.
+
+  Returns:
+    ``[...]`` cross-entropies, float32 (float64 for float64 input).
+
+  Numerics:
+    Two triangular solves, no inverse and no determinant (the log-determinant
+    is ``Σ log|L'_ii|``); every term but ``k/2 log 2π + Σ log|L'_ii|`` is
+    non-negative. Matches 40-digit arithmetic to ~1e-15 relative in float64.
+
+  Examples:
+    >>> import jax.numpy as jnp, jaxdiv
+    >>> h = jaxdiv.multivariate_normal_cross_entropy(jnp.zeros(2), jnp.eye(2), jnp.ones(2), 2 * jnp.eye(2))
+    >>> print(f"{h:.4f}")  # log 2π + 2 log 2 + ½·(2/4) + ½·(2/4)
+    3.7242
+  """
+  m1, l1, m2, l2 = _mvn_pair(mean, scale_tril, target_mean, target_scale_tril)
+  k = m1.shape[-1]
+  log_det = jnp.sum(_log_abs_diagonal(l2), axis=-1)
+  trace = 0.5 * jnp.sum(jnp.square(solve_triangular(l2, l1, lower=True)), axis=(-2, -1))
+  return (0.5 * k * _LOG_2PI + log_det) + (trace + _mahalanobis_term(m1, m2, l2))
 
 
 def multivariate_normal_entropy(scale_tril: ArrayLike) -> jax.Array:

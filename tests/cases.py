@@ -86,8 +86,10 @@ NOT_LOSSES = {
     "top_k_kl_divergence",
     # Gaussians take (mean, log-variance) pairs or Cholesky factors: tests/test_gaussian.py covers
     # jit, vmap, grad, jacfwd, hessian and the float64 references.
+    "gaussian_cross_entropy",
     "gaussian_entropy",
     "gaussian_kl_divergence",
+    "multivariate_normal_cross_entropy",
     "multivariate_normal_entropy",
     "multivariate_normal_kl_divergence",
     "standard_normal_kl_divergence",

@@ -37,7 +37,7 @@ def _mvn_args(rng, batch=(4,), k=2):
   return [rng.normal(size=batch + (k,)), _tril(rng, batch, k), rng.normal(size=batch + (k,)), _tril(rng, batch, k)]
 
 
-# The five public functions, each with float64 inputs and its reference.
+# The public functions, each with float64 inputs and its reference.
 def _functions():
   rng = np.random.default_rng(0)
   diag = _diag_args(rng)
@@ -59,6 +59,15 @@ def _functions():
           jaxdiv.multivariate_normal_kl_divergence, ref.multivariate_normal_kl_divergence, mvn
       ),
       "multivariate_normal_entropy": (jaxdiv.multivariate_normal_entropy, ref.multivariate_normal_entropy, mvn[1:2]),
+      "gaussian_cross_entropy": (jaxdiv.gaussian_cross_entropy, ref.gaussian_cross_entropy_exact, diag),
+      "gaussian_cross_entropy_log_scale": (
+          lambda *a: jaxdiv.gaussian_cross_entropy(*a, parameterization="log_scale"),
+          lambda *a: ref.gaussian_cross_entropy_exact(*a, parameterization="log_scale"),
+          diag,
+      ),
+      "multivariate_normal_cross_entropy": (
+          jaxdiv.multivariate_normal_cross_entropy, lambda *a: ref.mvn_exact("cross_entropy", *a), mvn
+      ),
   }
 
 
@@ -332,3 +341,98 @@ def test_mismatched_scale_tril_raises_value_error_with_both_shapes():
   with pytest.raises(ValueError, match=r"target_scale_tril must have shape \[..., dim, dim\].*got target_mean \[3\] "
                                        r"and target_scale_tril \[2, 2\]"):
     jaxdiv.multivariate_normal_kl_divergence(jnp.zeros(3), jnp.eye(3), jnp.zeros(3), jnp.eye(2))
+
+
+# --------------------------------------------------------------------------- #
+# float64 accuracy against 40-digit arithmetic (issue 15)
+# --------------------------------------------------------------------------- #
+# Before the dtype-aware series (jaxdiv._series) these were 5e-11 (Gaussian KL),
+# 3.5e-10 (standard-normal KL at |log σ²| < 0.3) and 3e-12 (MVN KL): the float32
+# series was used unchanged in float64.
+
+F64_RTOL = 1e-14  # away from cancellation
+F64_NEAR_RTOL = 1e-12  # nearly equal distributions (KL ~ 1e-12)
+
+
+def _f64_diag(rng, n=64, spread=1.0):
+  return [rng.normal(size=(n, 3)) * spread for _ in range(4)]
+
+
+def _f64_cases():
+  """(name, jaxdiv call, 40-digit reference, args, rtol) for every closed form, in float64."""
+  rng = np.random.default_rng(20)
+  diag = _f64_diag(rng)
+  small = [0.3 * rng.uniform(-1, 1, size=(64, 3)) for _ in range(4)]  # |δ| < 0.6: the series branch
+  m, s = rng.normal(size=(64, 3)), rng.normal(size=(64, 3))
+  near = [m + 1e-6 * rng.choice([-1, 1], (64, 3)), s + 1e-6 * rng.choice([-1, 1], (64, 3)), m, s]
+  mvn = _mvn_args(rng, batch=(16,), k=3)
+  l2 = mvn[3]
+  near_mvn = [mvn[2] + 1e-6, l2 + 1e-6 * np.tril(rng.choice([-1.0, 1.0], size=l2.shape)), mvn[2], l2]
+  kl, ce = jaxdiv.gaussian_kl_divergence, jaxdiv.gaussian_cross_entropy
+  log_scale = {"parameterization": "log_scale"}
+  return [
+      ("gaussian_kl", kl, ref.gaussian_kl_exact, diag, {}, F64_RTOL),
+      ("gaussian_kl_log_scale", kl, ref.gaussian_kl_exact, diag, log_scale, F64_RTOL),
+      ("gaussian_kl_small_gap", kl, ref.gaussian_kl_exact, small, {}, F64_RTOL),
+      ("gaussian_kl_near_equal", kl, ref.gaussian_kl_exact, near, {}, F64_NEAR_RTOL),
+      ("standard_normal_kl", lambda m, s, *_: jaxdiv.standard_normal_kl_divergence(m, s),
+       lambda m, s, *_: ref.gaussian_kl_exact(m, s, 0 * m, 0 * s), small, {}, F64_RTOL),
+      ("gaussian_cross_entropy", ce, ref.gaussian_cross_entropy_exact, [d + 2 for d in diag[:2]] + diag[2:], {},
+       F64_RTOL),
+      ("gaussian_cross_entropy_log_scale", ce, ref.gaussian_cross_entropy_exact, diag, log_scale, F64_RTOL),
+      ("gaussian_entropy", lambda s, *_: jaxdiv.gaussian_entropy(s), lambda s, *_: ref.gaussian_entropy_exact(s),
+       [diag[1] + 3], {}, F64_RTOL),
+      ("multivariate_normal_kl", jaxdiv.multivariate_normal_kl_divergence, lambda *a: ref.mvn_exact("kl", *a), mvn,
+       {}, F64_RTOL),
+      ("multivariate_normal_kl_near_equal", jaxdiv.multivariate_normal_kl_divergence,
+       lambda *a: ref.mvn_exact("kl", *a), near_mvn, {}, F64_NEAR_RTOL),
+      ("multivariate_normal_cross_entropy", jaxdiv.multivariate_normal_cross_entropy,
+       lambda *a: ref.mvn_exact("cross_entropy", *a), [mvn[0], 3 * mvn[1], mvn[2], mvn[3]], {}, F64_RTOL),
+      ("multivariate_normal_entropy", lambda l, *_: jaxdiv.multivariate_normal_entropy(l),
+       lambda l, *_: ref.mvn_exact("entropy", np.zeros(l.shape[:-1]), l), [3 * mvn[1]], {}, F64_RTOL),
+  ]
+
+
+F64_CASES = {c[0]: c[1:] for c in _f64_cases()}
+
+
+@pytest.mark.parametrize("name", sorted(F64_CASES))
+def test_float64_matches_40_digit_arithmetic(name):
+  fn, reference, args, kwargs, rtol = F64_CASES[name]
+  want = reference(*args, **kwargs)
+  with jax.enable_x64(True):
+    got = fn(*[jnp.asarray(a) for a in args], **kwargs)
+    assert got.dtype == jnp.float64
+  if "entropy" in name:  # away from the (differential) entropy's zero crossing: inputs shifted to keep |H| > 0.1
+    assert np.min(np.abs(want)) > 0.1
+  rel = np.abs(np.asarray(got) - want) / np.abs(want)
+  assert np.max(rel) < rtol, np.max(rel)
+
+
+def test_float64_gradients_match_the_closed_form_derivative():
+  # ∂KL/∂log σ² = ½ expm1(δ) and ∂KL/∂μ = (μ − μ')/σ'²: exact, not the derivative of a truncated series.
+  rng = np.random.default_rng(21)
+  m1, s1, m2, s2 = (0.3 * rng.uniform(-1, 1, size=50) for _ in range(4))
+  with jax.enable_x64(True):
+    f = lambda *a: jnp.sum(jaxdiv.gaussian_kl_divergence(*a, axis=None))
+    g_m1, g_s1 = jax.grad(f, argnums=(0, 1))(*[jnp.asarray(a) for a in (m1, s1, m2, s2)])
+  np.testing.assert_allclose(g_s1, 0.5 * np.expm1(s1 - s2), rtol=1e-14)
+  np.testing.assert_allclose(g_m1, (m1 - m2) * np.exp(-s2), rtol=1e-14)
+
+
+@pytest.mark.parametrize("parameterization", ["log_var", "log_scale"])
+def test_equal_gaussians_with_a_variance_below_the_float32_range_give_zero_not_nan(parameterization):
+  # Regression: (μ, log σ², μ', log σ'²) = (0, −180, 0, −180) gave 0·e^90 = 0·inf = NaN in float32.
+  args = [jnp.float32(0.0), jnp.float32(-180.0), jnp.float32(0.0), jnp.float32(-180.0)]
+  kw = {"axis": None, "parameterization": parameterization}
+  assert jaxdiv.gaussian_kl_divergence(*args, **kw) == 0
+  for g in jax.grad(lambda *a: jaxdiv.gaussian_kl_divergence(*a, **kw), argnums=(0, 1, 2, 3))(*args):
+    assert g == 0
+  h = jaxdiv.gaussian_cross_entropy(*args, **kw)
+  lv = -180.0 if parameterization == "log_var" else -360.0
+  np.testing.assert_allclose(h, 0.5 * (np.log(2 * np.pi) + lv + 1), rtol=1e-6)
+  # Different means there: the true KL exceeds the float32 range; +inf, not NaN.
+  assert jaxdiv.gaussian_kl_divergence(jnp.float32(1.0), *args[1:], **kw) == np.inf
+  # Inside the range the mean term keeps its exact Hessian 1/σ'² at equal means.
+  hess = jax.hessian(lambda m: jaxdiv.gaussian_kl_divergence(m, 0.0, 0.0, -2.0, axis=None))(jnp.float32(0.0))
+  np.testing.assert_allclose(hess, np.exp(2.0), rtol=1e-6)
