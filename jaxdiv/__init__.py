@@ -5,7 +5,13 @@ over the class ``axis`` and returns per-example values in float32 (float64 for
 float64 input). See the README for the numerical contract.
 """
 
-from jaxdiv._binary import binary_cross_entropy, binary_entropy, binary_kl_divergence
+from jaxdiv._binary import (
+    binary_cross_entropy,
+    binary_entropy,
+    binary_kl_divergence,
+    binary_poly_loss,
+    sigmoid_focal_loss,
+)
 from jaxdiv._categorical import (
     cross_entropy,
     entropy,
@@ -42,6 +48,7 @@ __all__ = [
     "binary_cross_entropy",
     "binary_entropy",
     "binary_kl_divergence",
+    "binary_poly_loss",
     "check_labels",
     "cross_entropy",
     "distillation_loss",
@@ -59,6 +66,7 @@ __all__ = [
     "multivariate_normal_entropy",
     "multivariate_normal_kl_divergence",
     "reverse_kl_divergence",
+    "sigmoid_focal_loss",
     "soft_cross_entropy",
     "soft_cross_entropy_with_log_targets",
     "standard_normal_kl_divergence",

@@ -62,6 +62,16 @@ CASES: dict[str, Case] = {
     "binary_cross_entropy": Case(jaxdiv.binary_cross_entropy, ref.binary_cross_entropy, "binary_probs"),
     "binary_kl_divergence": Case(jaxdiv.binary_kl_divergence, ref.binary_kl_divergence, "logits"),
     "binary_entropy": Case(jaxdiv.binary_entropy, ref.binary_entropy, None),
+    # Binary options and forms (issue 13). label_smoothing is tested in tests/test_binary.py: it puts
+    # mass ε/2 on the impossible side of an infinite logit, so the edge matrix's true values are +inf.
+    "binary_cross_entropy_pos_weight_2.5": Case(
+        jaxdiv.binary_cross_entropy, ref.binary_cross_entropy_options, "binary_probs", {"pos_weight": 2.5}),
+    "sigmoid_focal_loss": Case(jaxdiv.sigmoid_focal_loss, ref.sigmoid_focal_loss, "binary_probs"),
+    "sigmoid_focal_loss_alpha_0.25_gamma_1.5": Case(
+        jaxdiv.sigmoid_focal_loss, ref.sigmoid_focal_loss, "binary_probs", {"alpha": 0.25, "gamma": 1.5}),
+    "binary_poly_loss": Case(jaxdiv.binary_poly_loss, ref.binary_poly_loss, "binary_probs"),
+    "binary_poly_loss_epsilon_-1": Case(jaxdiv.binary_poly_loss, ref.binary_poly_loss, "binary_probs",
+                                        {"epsilon": -1.0}),
 }
 
 # Training options (issue 3): each option keeps the whole contract, on the same matrix.

@@ -575,3 +575,94 @@ def categorical_exact(kind, logits, target_logits=None):
       total = sum(p * (x - y) for p, x, y in pairs)
     out[idx] = float(total)
   return out
+
+
+# --------------------------------------------------------------------------- #
+# Binary options and peer formulas (issue 13: optax and torch semantics)
+# --------------------------------------------------------------------------- #
+
+
+def binary_cross_entropy_options(logits, targets, pos_weight=None, label_smoothing=0.0, axis=None, where=None):
+  """torch's ``BCEWithLogitsLoss(pos_weight)`` on targets smoothed to ``y (1 - ε) + ε/2``."""
+  z, y = f64(logits), f64(targets)
+  y = y * (1 - label_smoothing) + label_smoothing / 2
+  w = 1.0 if pos_weight is None else f64(pos_weight)
+  terms = -_xlogq(w * y, _log_sigmoid(z)) - _xlogq(1 - y, _log_sigmoid(-z))
+  return _sum(terms, axis, where)
+
+
+def _one_minus_pt(z, y):
+  """``(1 - y) σ(z) + y σ(-z)`` from the log-sigmoids (exact at ±inf)."""
+  with np.errstate(invalid="ignore", over="ignore"):
+    return (1 - y) * np.exp(_log_sigmoid(z)) + y * np.exp(_log_sigmoid(-z))
+
+
+def sigmoid_focal_loss(logits, targets, alpha=None, gamma=2.0, axis=None, where=None):
+  """Lin et al. (2017): ``α_t (1 - p_t)^γ BCE``, with ``0 · inf`` = 0 where ``1 - p_t = 0``."""
+  z, y = f64(logits), f64(targets)
+  bce = binary_cross_entropy(z, y)
+  w = _one_minus_pt(z, y) ** gamma
+  with np.errstate(invalid="ignore"):
+    terms = np.where(w == 0, 0.0, w * bce)
+  if alpha is not None:
+    terms = (alpha * y + (1 - alpha) * (1 - y)) * terms
+  return _sum(terms, axis, where)
+
+
+def binary_poly_loss(logits, targets, epsilon=1.0, axis=None, where=None):
+  """Leng et al. (2022), Poly-1 on sigmoid outputs: ``BCE + ε (1 - p_t)``."""
+  z, y = f64(logits), f64(targets)
+  return _sum(binary_cross_entropy(z, y) + epsilon * _one_minus_pt(z, y), axis, where)
+
+
+def optax_kl_divergence(log_predictions, targets, axis=-1, where=None):
+  """optax 0.2.8's formula ``Σ p (log p - log_predictions)``, nothing normalised, 0·anything = 0 at p = 0."""
+  x, p = f64(log_predictions), f64(targets)
+  with np.errstate(divide="ignore", invalid="ignore"):
+    terms = np.where(p == 0, 0.0, p * (np.log(np.where(p == 0, 1.0, p)) - x))
+  if where is not None:
+    terms = np.where(where, terms, 0.0)
+  return terms.sum(axis)
+
+
+def optax_kl_divergence_with_log_targets(log_predictions, log_targets, axis=-1, where=None):
+  """optax 0.2.8's formula ``Σ exp(t) (t - log_predictions)``, with 0 where ``t = -inf``."""
+  x, t = f64(log_predictions), f64(log_targets)
+  with np.errstate(invalid="ignore"):
+    terms = np.where(t == -np.inf, 0.0, np.exp(t) * (t - x))
+  if where is not None:
+    terms = np.where(where, terms, 0.0)
+  return terms.sum(axis)
+
+
+def torch_cross_entropy(logits, labels, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+  """A float64 port of ``torch.nn.functional.cross_entropy`` (integer targets), logits ``[N, C]``.
+
+  With ``ε = label_smoothing``, class weights ``w`` (ones if None) and the
+  rows ``n`` whose label is not ``ignore_index``:
+
+    nll_n = -w[y_n] log q[n, y_n]
+    smooth_n = -Σ_c w_c log q[n, c] / C
+    loss_n = (1 - ε) nll_n + ε smooth_n       (0 for an ignored row)
+
+  ``reduction="mean"`` divides Σ_n loss_n by Σ_n w[y_n] over the kept rows —
+  both the NLL and the smoothing term, although the smoothing term is weighted
+  per class, not by ``w[y_n]``. ``"sum"`` returns the sum, ``"none"`` the
+  vector. (torch/aten/src/ATen/native/LossNLL.cpp, cross_entropy_loss_label_smoothing.)
+  """
+  z = f64(logits)
+  y = np.asarray(labels)
+  n, c = z.shape
+  w = np.ones(c) if weight is None else f64(weight)
+  lq = log_softmax(z)
+  keep = y != ignore_index
+  y_safe = np.where(keep, y, 0)
+  w_y = np.where(keep, w[y_safe], 0.0)
+  nll = -w_y * lq[np.arange(n), y_safe]
+  smooth = np.where(keep, -(lq * w).sum(-1) / c, 0.0)
+  loss = (1 - label_smoothing) * nll + label_smoothing * smooth
+  if reduction == "none":
+    return loss
+  if reduction == "sum":
+    return loss.sum()
+  return loss.sum() / w_y.sum()
