@@ -26,14 +26,14 @@ def test_demo_help_names_the_extra(capsys):
   except SystemExit as e:
     assert e.code == 0
   text = capsys.readouterr().out
-  assert "--quick" in text and "jaxdiv[examples]" in text
+  assert "--quick" in text and "jaxdiv[demo]" in text
 
 
 def test_missing_scikit_learn_names_the_extra_instead_of_a_traceback(monkeypatch, capsys):
   monkeypatch.setitem(sys.modules, "sklearn", None)  # makes `import sklearn` raise ImportError
   assert cli.main(["demo", "--quick"]) == 2
   captured = capsys.readouterr()
-  assert "pip install 'jaxdiv[examples]'" in captured.err
+  assert "pip install 'jaxdiv[demo]'" in captured.err
   assert "Traceback" not in captured.err + captured.out
 
 

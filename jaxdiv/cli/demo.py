@@ -12,7 +12,7 @@
    the cases where optax fails (the ``selfcheck`` table).
 
 Every model is plain JAX trained with optax through
-:class:`jaxdiv.objective.Objective`. Needs the ``examples`` extra
+:class:`jaxdiv.objective.Objective`. Needs the ``demo`` extra
 (scikit-learn; tqdm for the progress bar).
 """
 
@@ -32,7 +32,7 @@ import optax
 import jaxdiv
 from jaxdiv.objective import Objective
 
-_EXTRA_HINT = "The demo needs scikit-learn (for its bundled digits data): pip install 'jaxdiv[examples]'"
+_EXTRA_HINT = "The demo needs scikit-learn (for its bundled digits data): pip install 'jaxdiv[demo]'"
 
 Params = list[dict[str, jax.Array]]
 
@@ -233,7 +233,7 @@ def numerics_table(vocab: int) -> str:
 
 
 def main(quick: bool = False, seed: int = 0, out: Callable[[str], Any] = print) -> int:
-  """Runs the demo; returns 0, or 2 if the ``examples`` extra is missing."""
+  """Runs the demo; returns 0, or 2 if the ``demo`` extra is missing."""
   try:
     import sklearn  # noqa: F401
   except ImportError:

@@ -17,7 +17,8 @@ def main(argv: list[str] | None = None) -> int:
       prog="python -m jaxdiv", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   sub = parser.add_subparsers(dest="command", required=True)
   check = sub.add_parser("selfcheck", help="measure jaxdiv's numerical guarantees against optax and float64")
-  check.add_argument("--quick", action="store_true", help="smaller vocabularies (seconds, for CI)")
+  check.add_argument(
+      "--quick", action="store_true", help="a smaller vocabulary (under 15 s on 2 CPU cores, for CI)")
   check.add_argument("--markdown", metavar="PATH", help="also write the table as markdown")
   bench = sub.add_parser(
       "bench", help="time and temporary memory of jaxdiv's losses vs optax and plain JAX (CE, soft CE, KL, "
@@ -25,18 +26,22 @@ def main(argv: list[str] | None = None) -> int:
   from jaxdiv.cli import bench as bench_cli
 
   bench_cli.add_arguments(bench)
-  fused = sub.add_parser("bench-fused", help="memory and time of the fused linear cross-entropy vs the naive loss")
+  fused = sub.add_parser(
+      "bench-fused", help="memory and time of the fused linear cross-entropy vs the naive loss")
   fused.add_argument("--quick", action="store_true", help="a small shape (under a minute)")
   fused.add_argument("--out", default="bench_results", help="folder for the JSON results and PNG plots")
   demo = sub.add_parser(
       "demo", help="train a digits classifier and distil a student (no downloads), then print accuracies and "
-      "the jaxdiv-vs-optax numerics table; needs the examples extra",
+      "the jaxdiv-vs-optax numerics table; needs the demo extra",
       description="Trains a teacher MLP on scikit-learn's bundled 8x8 digits with jaxdiv's label-smoothed "
       "cross-entropy, a small student on hard labels and the same student distilled from the teacher "
       "(temperature, T^2 scaling), with progress bars; then prints their test accuracies and the selfcheck "
-      "table of jaxdiv vs optax vs float64. Under two minutes on 2 CPU cores. Needs pip install 'jaxdiv[examples]'.",
+      "table of jaxdiv vs optax vs float64. About 30 s on 2 CPU cores. "
+      "Needs pip install 'jaxdiv[demo]'.",
   )
-  demo.add_argument("--quick", action="store_true", help="fewer epochs and a smaller vocabulary (under 30 s, for CI)")
+  demo.add_argument(
+      "--quick", action="store_true",
+      help="fewer epochs and a smaller vocabulary (under 30 s on 2 CPU cores, for CI)")
   demo.add_argument("--seed", type=int, default=0, help="data split and initialisation seed")
   args = parser.parse_args(argv)
   if args.command == "selfcheck":
