@@ -7,75 +7,69 @@ Switching is a one-line import change::
     loss = losses.softmax_cross_entropy(logits, labels).mean()
 
 Every function here has optax 0.2.8's name, argument names, defaults, ``axis``
-(an int, a tuple of ints, or None for all axes) and ``where`` conventions, and
-returns the same per-example shape. Each is a thin adapter: it converts optax's
-conventions (tuple axes, a ``where`` of shape ``[batch]``, broadcastable labels)
-and calls the jaxdiv function that does the work, so the numerics are jaxdiv's:
+(an int, a tuple of ints, or None for all axes) and ``where`` conventions,
+returns the same per-example shape, and computes **optax's formula**: the same
+value as optax wherever optax's value is finite, including unnormalised targets
+and unnormalised log-predictions. optax 0.2.8's own tests of these losses run
+against the drop-ins in ``tests/test_optax_compat.py``.
 
 * ``softmax_cross_entropy``, ``safe_softmax_cross_entropy`` →
   :func:`jaxdiv.soft_cross_entropy`
 * ``softmax_cross_entropy_with_integer_labels`` → :func:`jaxdiv.cross_entropy`
-* ``kl_divergence`` → :func:`jaxdiv.kl_divergence`
-* ``kl_divergence_with_log_targets`` → :func:`jaxdiv.kl_divergence_with_log_targets`
-* ``generalized_kl_divergence`` (alias ``convex_kl_divergence``) → the
-  generalised-KL kernel behind every jaxdiv KL
+  (optax's reading of a label on a masked class and of negative labels added)
+* ``kl_divergence``, ``kl_divergence_with_log_targets``,
+  ``generalized_kl_divergence`` → optax's sums, written here NaN-safe: nothing
+  is normalised, so they are *not* :func:`jaxdiv.kl_divergence` (which
+  normalises its inputs; use it for a KL between distributions given as logits)
 * ``sigmoid_binary_cross_entropy`` → :func:`jaxdiv.binary_cross_entropy`
-* ``sigmoid_focal_loss`` → :func:`jaxdiv.binary_cross_entropy` times the focal
-  weight, formed in log space
+* ``sigmoid_focal_loss`` → :func:`jaxdiv.sigmoid_focal_loss`
 * ``poly_loss_cross_entropy`` → :func:`jaxdiv.soft_cross_entropy` plus the
   polynomial term
-* ``smooth_labels`` → the same formula as optax
+* ``smooth_labels`` → optax's formula
+* ``convex_kl_divergence`` → ``generalized_kl_divergence``, with optax's
+  ``DeprecationWarning``
 
-Where optax is finite and correct the results agree to float32 rounding
-(``tests/test_optax_dropins.py`` checks this on random inputs). The known
-differences, each tested by name:
+``where`` follows optax per function: the cross-entropies expand a ``where`` of
+another rank at ``axis`` (a ``[batch]`` mask drops rows); the KL functions and
+``smooth_labels`` broadcast it NumPy-style (a ``[num_classes]`` mask drops
+classes), as ``jnp.sum(..., where=where)`` does in optax.
 
-1. **NaN in optax, finite here.** A zero-probability target against a ``-inf``
-   logit is ``0 · log 0 = 0``: ``softmax_cross_entropy`` and
+Where the two differ, optax's value is NaN, rounded wrong, or an error; each
+case is tested by name in ``tests/test_optax_dropins.py``:
+
+1. **NaN in optax, finite here.** A zero target against a ``-inf`` logit or
+   log-prediction is ``0 · log 0 = 0``: ``softmax_cross_entropy`` and
    ``poly_loss_cross_entropy`` (optax: NaN value), ``kl_divergence`` (NaN value;
    NaN gradient w.r.t. a zero target even against a finite prediction),
-   ``kl_divergence_with_log_targets`` (NaN value as soon as one log-target is
+   ``kl_divergence_with_log_targets`` (NaN as soon as one log-target is
    ``-inf``), ``generalized_kl_divergence`` (NaN value and target gradient),
    ``safe_softmax_cross_entropy`` on an all ``-inf`` row (NaN gradient);
    ``sigmoid_binary_cross_entropy`` and ``sigmoid_focal_loss`` at logits
-   ``±inf`` with agreeing labels (optax: NaN; here 0 with zero gradient).
-2. **Wrong in optax, right here.** Ties at ``|logit| = 1e30`` give ``log 2``,
-   not 0; a KL of 5e-9 between nearly equal distributions keeps its relative
-   accuracy (optax's ``Σ p (log p - log q)`` is off by orders of magnitude).
+   ``±inf`` with agreeing labels (optax: NaN; here 0 with zero gradient). A NaN
+   in an unmasked input still gives NaN.
+2. **Rounded wrong in optax.** Ties at ``|logit| = 1e30`` give ``log 2``
+   (optax: 0).
 3. **Return dtype.** bfloat16/float16 inputs are accumulated and returned in
    float32 (optax returns the input dtype, rounded to 8 or 11 bits).
    ``smooth_labels`` returns the labels' dtype, as optax does.
-4. **Log-predictions are normalised.** ``kl_divergence``,
-   ``kl_divergence_with_log_targets`` and the cross-entropies treat their first
-   argument as logits, so log-probabilities (optax's documented input) give the
-   same result, and unnormalised log-predictions give KL(targets ‖
-   softmax(log_predictions)) — a divergence — where optax's sum can be
-   negative. ``log_targets`` are normalised too. ``generalized_kl_divergence``
-   is the one divergence between *unnormalised* measures and normalises
-   nothing, like optax.
-5. **``where`` removes classes from the distributions.** For the KL functions,
-   masked classes leave the normalisation as well as the sum (optax drops them
-   from the sum only); the two agree when the kept classes carry all of both
-   distributions' mass, the usual padded-vocabulary case. NaN or inf in a
-   masked entry never reaches values or gradients.
-6. **Derivatives at the boundary.** The derivative w.r.t. a target probability
-   that is 0 where the model probability is 0 is taken as 0 (optax: ``+inf``
-   or NaN); ``kl_divergence`` expects normalised ``targets`` (for unnormalised
-   ones it returns ``Σ p log(p/q) - Σ p + 1``; use
-   ``generalized_kl_divergence``).
-7. **Labels out of range.** ``softmax_cross_entropy_with_integer_labels`` gives
-   NaN for a label outside ``[0, num_classes)`` with zero gradient (optax
-   wraps negative labels numpy-style); see :func:`jaxdiv.check_labels`.
-8. **smooth_labels with ``where``** gives masked classes 0 instead of
-   ``alpha / num_kept``, so each smoothed row still sums to one.
-9. ``convex_kl_divergence`` is a plain alias of ``generalized_kl_divergence``
-   (optax's emits a DeprecationWarning).
+4. **Derivatives at the boundary.** The derivative w.r.t. a target probability
+   of 0 is taken as 0 (its one-sided value is ``-inf``; optax: NaN), and a
+   masked entry (``where`` False) holding NaN or inf reaches neither values
+   nor gradients (optax: NaN gradients).
+5. **Inputs optax refuses or garbles.** An empty class axis gives 0 (optax's
+   empty sum) for every loss; ``poly_loss_cross_entropy`` takes a ``[batch]``
+   ``where`` like the other cross-entropies (optax's fails);
+   ``sigmoid_focal_loss`` refuses ``gamma < 0`` by name.
 
 This module is reachable only as ``jaxdiv.optax``: imports are absolute, so
 ``import optax`` anywhere (inside jaxdiv included) still gives the real optax.
 """
 
 from __future__ import annotations
+
+import functools
+import math
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -119,13 +113,32 @@ def _class_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
 
 
 def _where(where: ArrayLike | None, shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array | None:
-  """optax's ``where``: of the logits' rank, or of the batch shape (then one entry per row)."""
+  """optax's cross-entropy ``where``: of the logits' rank, or of another rank expanded at ``axes``.
+
+  So a ``[batch]`` mask drops whole rows. (optax's KL functions broadcast
+  ``where`` NumPy-style instead: :func:`_elementwise_where`.)
+  """
   if where is None:
     return None
   w = jnp.asarray(where)
   if w.ndim != len(shape):
     w = jnp.expand_dims(w, axes)
   return v.mask(w, shape)
+
+
+def _elementwise_where(where: ArrayLike | None, shape: tuple[int, ...]) -> jax.Array | None:
+  """optax's KL ``where``, as in ``jnp.sum(terms, axis, where=where)``: broadcast NumPy-style."""
+  return v.mask(where, shape)
+
+
+def _num_classes(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
+  return math.prod(shape[a] for a in axes)
+
+
+def _empty_rows(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
+  """optax's value over an empty class axis: an empty sum, 0 per example."""
+  batch = tuple(n for a, n in enumerate(x.shape) if a not in axes)
+  return jnp.zeros(batch, v.to_compute(x)[0].dtype)
 
 
 def _rows(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
@@ -205,6 +218,8 @@ def softmax_cross_entropy(
     Array(0., dtype=float32)
   """
   x, y, mask = _categorical(logits, labels, axis, where)
+  if x.shape[-1] == 0:
+    return _empty_rows(x, (x.ndim - 1,))
   return jaxdiv.soft_cross_entropy(x, y, axis=-1, where=mask)
 
 
@@ -244,17 +259,20 @@ def softmax_cross_entropy_with_integer_labels(
     logits: unnormalised log-probabilities, ``[..., num_classes]``.
     labels: integer class indices of the batch shape (``logits.shape``
       without ``axis``); with a tuple ``axis``, a flat (row-major) index into
-      the class axes in the order given.
+      the class axes in the order given. As in optax, a negative label
+      ``-num_classes <= y < 0`` counts from the end (NumPy indexing).
     axis: the class axis or a tuple of class axes.
     where: classes to include, of ``logits.shape`` or of the batch shape.
+      As in optax it restricts the normaliser: a label on a masked class
+      gives ``logsumexp(kept logits) - logits[y]``.
 
   Returns:
     ``[...]`` per-example cross-entropies, float32 (float64 for float64).
 
   Numerics:
     :func:`jaxdiv.cross_entropy`: ties at ``1e30`` give ``log 2`` (optax: 0);
-    a fully masked row gives 0 with zero gradient; an out-of-range label gives
-    NaN with zero gradient.
+    a fully masked row gives 0 with zero gradient; a label outside
+    ``[-num_classes, num_classes)`` gives NaN (as optax) with zero gradient.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -270,7 +288,24 @@ def softmax_cross_entropy_with_integer_labels(
   axes = _class_axes(axis, x.ndim)
   mask = _where(where, x.shape, axes)
   x = _rows(x, axes)
-  return jaxdiv.cross_entropy(x, y, axis=-1, where=None if mask is None else _rows(mask, axes))
+  k = x.shape[-1]
+  if jnp.issubdtype(y.dtype, jnp.signedinteger):  # optax indexes NumPy-style: -1 is the last class
+    y = y.astype(y.dtype if y.dtype.itemsize >= 4 else jnp.int32)  # y + k must not wrap in int8
+    y = jnp.where((y < 0) & (y >= -k), y + k, y)
+  if mask is None:
+    return jaxdiv.cross_entropy(x, y, axis=-1)
+  mask = _rows(mask, axes)
+  # optax: logsumexp over the kept classes minus the label's logit, kept or not.
+  # jaxdiv.cross_entropy gives +inf for a label on a masked class (it has
+  # probability 0), so such rows take the label of their largest kept logit,
+  # z_top, and add z_top - z_y: the kernel's value stays well conditioned.
+  in_range = (y >= 0) & (y < k)
+  y_safe = jnp.where(in_range, y, 0)[..., None]
+  top = jnp.argmax(jnp.where(mask, x, -jnp.inf), axis=-1)[..., None]
+  moved = in_range & ~jnp.take_along_axis(mask, y_safe, -1)[..., 0] & jnp.any(mask, axis=-1)
+  ce = jaxdiv.cross_entropy(x, jnp.where(moved, top[..., 0], y), axis=-1, where=mask)
+  z_top, z_y = (jnp.take_along_axis(x, i, -1)[..., 0].astype(ce.dtype) for i in (top, y_safe))
+  return ce + jnp.where(moved, z_top - z_y, 0)
 
 
 def poly_loss_cross_entropy(
@@ -312,6 +347,8 @@ def poly_loss_cross_entropy(
     Array(1.6931472, dtype=float32)
   """
   x, y, mask = _categorical(logits, labels, axis, where)
+  if x.shape[-1] == 0:
+    return _empty_rows(x, (x.ndim - 1,))
   ce = jaxdiv.soft_cross_entropy(x, y, axis=-1, where=mask)
   x, y = v.to_compute(x, y)
   if mask is not None:
@@ -336,8 +373,8 @@ def smooth_labels(
     alpha: the smoothing factor.
     axis: the class axis, a tuple of axes, or None for all axes.
     where: classes that exist, broadcastable to ``labels.shape``; ``K`` counts
-      them, and masked classes get 0 (optax gives them ``α / K`` too, so its
-      rows sum to more than one).
+      them. As in optax every entry, masked or not, gets ``α / K``; mask the
+      loss with the same ``where`` so that masked classes do not count.
 
   Returns:
     ``labels.shape``, in the labels' dtype (as optax).
@@ -352,20 +389,68 @@ def smooth_labels(
   axes = _class_axes(axis, y.ndim)
   a = jnp.asarray(alpha).astype(y.dtype)
   if where is None:
-    num = 1
-    for ax in axes:
-      num *= y.shape[ax]
-    return (1 - a) * y + a / num
-  mask = v.mask(where, y.shape)
-  num = jnp.sum(mask, axis=axes, keepdims=True).astype(y.dtype)
-  return jnp.where(mask, (1 - a) * y + a / num, jnp.zeros_like(y))
+    num = jnp.asarray(_num_classes(y.shape, axes), y.dtype)
+  else:
+    mask = _elementwise_where(where, y.shape)
+    num = jnp.sum(mask, axis=axes, keepdims=True).astype(y.dtype)
+  return (1 - a) * y + a / num
 
 
 # --------------------------------------------------------------------------- #
-# KL divergences
+# KL divergences: optax's sums, NaN-safe
 # --------------------------------------------------------------------------- #
 
-_KL_NAMES = ("log_predictions", "targets")
+
+def _nan_of(x: jax.Array) -> jax.Array:
+  """0 where ``x`` is not NaN; NaN, with a NaN derivative, where it is."""
+  n = jnp.where(jnp.isnan(x), x, 0)
+  return n * n
+
+
+def _expm1_minus(d: jax.Array) -> jax.Array:
+  """``e^d - 1 - d`` to full relative precision: a Taylor series for ``|d| < 1/2``.
+
+  ``expm1(d) - d`` itself cancels to ~1e-3 relative at ``|d| = 1e-4``; the
+  series to ``d^17/17!`` truncates below 1e-17 relative there, and beyond
+  ``|d| = 1/2`` the direct form loses at most a factor 9.
+  """
+  near = jnp.abs(d) < 0.5
+  dn = jnp.where(near, d, 0)
+  series = jnp.full_like(dn, 1 / math.factorial(17))
+  for k in range(16, 1, -1):
+    series = 1 / math.factorial(k) + dn * series
+  df = jnp.where(near | (d == jnp.inf), 1, d)
+  far = jnp.where(d == jnp.inf, jnp.inf, jnp.expm1(df) - df)
+  return jnp.where(near, dn * dn * series, far)
+
+
+def _kl_inputs(log_predictions, target, axis, where, target_name, neutral):
+  """(log_predictions, target, axes, mask), broadcast together, in the compute dtype.
+
+  Masked entries are replaced by (0, ``neutral``) *before* any arithmetic, so
+  NaN or inf there reaches neither values nor gradients.
+  """
+  x = v.as_floating("log_predictions", log_predictions)
+  t = v.as_floating(target_name, target)
+  try:
+    shape = jnp.broadcast_shapes(x.shape, t.shape)
+  except ValueError as e:
+    raise ValueError(
+        f"{target_name} must have the same shape as log_predictions, {list(x.shape)}, or broadcast with it "
+        f"(as in optax); got {list(t.shape)}."
+    ) from e
+  x, t = v.to_compute(jnp.broadcast_to(x, shape), jnp.broadcast_to(t, shape))
+  axes = _class_axes(axis, len(shape))
+  mask = _elementwise_where(where, shape)
+  if mask is not None:
+    x, t = jnp.where(mask, x, 0), jnp.where(mask, t, neutral)
+  return x, t, axes, mask
+
+
+def _sum(terms: jax.Array, axes: tuple[int, ...], mask: jax.Array | None) -> jax.Array:
+  if mask is not None:
+    terms = jnp.where(mask, terms, 0)
+  return jnp.sum(terms, axis=axes)
 
 
 def kl_divergence(
@@ -374,26 +459,31 @@ def kl_divergence(
     axis: Axis = -1,
     where: ArrayLike | None = None,
 ) -> jax.Array:
-  r"""optax's ``kl_divergence``: KL(targets ‖ predictions) from log-predictions.
+  r"""optax's ``kl_divergence``: ``Σ p (log p - log_predictions)``.
 
-  .. math:: \mathrm{KL}(p \,\|\, q) = \sum_c p_c (\log p_c - \log q_c)
+  .. math:: \ell = \sum_c p_c (\log p_c - x_c), \qquad 0 \log 0 = 0
+
+  With normalised ``targets`` and log-probabilities ``x`` this is
+  KL(targets ‖ exp(x)). Like optax, nothing is normalised: a target row
+  summing to 0.9, or raw logits as ``x``, give optax's number, which is not a
+  divergence (it can be negative). For the KL between the distributions that
+  unnormalised inputs stand for, use :func:`jaxdiv.kl_divergence`.
 
   Args:
-    log_predictions: log-probabilities of the model, ``[..., num_classes]``
-      (logits are normalised first, so raw logits work too).
-    targets: target probabilities, normalised, same shape (zeros allowed).
+    log_predictions: ``x``, log-probabilities of the model, ``[..., num_classes]``.
+    targets: target probabilities ``p``, same shape (or broadcastable, as in optax).
     axis: the class axis, a tuple of axes, or None for all axes.
-    where: classes to include (removed from both distributions),
-      broadcastable to ``log_predictions.shape``.
+    where: elements to include in the sum, broadcastable to
+      ``log_predictions.shape`` (a ``[num_classes]`` mask drops classes).
 
   Returns:
-    ``[...]`` per-example divergences, float32 (float64 for float64).
+    ``[...]`` per-example values, float32 (float64 for float64).
 
   Numerics:
-    :func:`jaxdiv.kl_divergence`: never negative, accurate for tiny KL; a
-    target of 0 contributes 0 with zero gradient even against a ``-inf``
-    log-prediction (optax: NaN value, and a NaN target gradient at every zero
-    target).
+    Each summand is ``p (log p - x)``, formed as optax does; a target of 0
+    contributes 0 with zero derivatives even against ``x = -inf`` (optax: NaN
+    value, and a NaN target gradient at every zero target), unless ``x`` is
+    NaN. Accumulated in float32 for low-precision inputs.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -401,9 +491,15 @@ def kl_divergence(
     >>> kl = losses.kl_divergence(jnp.log(jnp.array([0.2, 0.8])), jnp.array([0.1, 0.9]))
     >>> print(f"{kl:.4f}")
     0.0367
+    >>> kl = losses.kl_divergence(jnp.log(jnp.array([0.5, 0.0, 0.5])), jnp.array([0.5, 0.0, 0.5]))
+    >>> print(f"{kl:.4f}")
+    0.0000
   """
-  x, p, mask = _categorical(log_predictions, targets, axis, where, names=_KL_NAMES, broadcast=False)
-  return jaxdiv.kl_divergence(x, p, axis=-1, where=mask)
+  x, p, axes, mask = _kl_inputs(log_predictions, targets, axis, where, "targets", 0)
+  zero = p == 0
+  p_s, x_s = jnp.where(zero, 1, p), jnp.where(zero, 0, x)
+  terms = jnp.where(zero, _nan_of(x), p_s * (jnp.log(p_s) - x_s))
+  return _sum(terms, axes, mask)
 
 
 def kl_divergence_with_log_targets(
@@ -412,24 +508,28 @@ def kl_divergence_with_log_targets(
     axis: Axis = -1,
     where: ArrayLike | None = None,
 ) -> jax.Array:
-  r"""optax's ``kl_divergence_with_log_targets``: KL(targets ‖ predictions), both in log space.
+  r"""optax's ``kl_divergence_with_log_targets``: ``Σ e^t (t - log_predictions)``.
 
-  .. math:: \mathrm{KL}(p \,\|\, q) = \sum_c e^{\log p_c} (\log p_c - \log q_c)
+  .. math:: \ell = \sum_c e^{t_c} (t_c - x_c)
+
+  KL(exp(t) ‖ exp(x)) for normalised log-probabilities; like optax, nothing
+  is normalised (see :func:`kl_divergence`; for logits use
+  :func:`jaxdiv.kl_divergence_with_log_targets`).
 
   Args:
-    log_predictions: log-probabilities (or logits) of the model, ``[..., num_classes]``.
-    log_targets: log-probabilities (or logits) of the target, same shape;
-      ``-inf`` marks a class of probability 0.
+    log_predictions: ``x``, log-probabilities of the model, ``[..., num_classes]``.
+    log_targets: ``t``, log-probabilities of the target, same shape (or
+      broadcastable); ``-inf`` marks a class of probability 0.
     axis: the class axis, a tuple of axes, or None for all axes.
-    where: classes to include, broadcastable to ``log_predictions.shape``.
+    where: elements to include in the sum, broadcastable to
+      ``log_predictions.shape``.
 
   Returns:
-    ``[...]`` per-example divergences, float32 (float64 for float64).
+    ``[...]`` per-example values, float32 (float64 for float64).
 
   Numerics:
-    :func:`jaxdiv.kl_divergence_with_log_targets`: a ``-inf`` log-target
-    contributes 0 (optax: NaN, since ``0 · -inf``), never negative, accurate
-    for tiny KL.
+    A ``-inf`` log-target contributes 0 with zero derivatives (optax: NaN,
+    since ``0 · -inf``), unless ``x`` is NaN.
 
   Examples:
     >>> import jax.numpy as jnp
@@ -440,9 +540,11 @@ def kl_divergence_with_log_targets(
     >>> print(f"{kl:.4f}")
     0.3466
   """
-  names = ("log_predictions", "log_targets")
-  x, t, mask = _categorical(log_predictions, log_targets, axis, where, names=names, broadcast=False)
-  return jaxdiv.kl_divergence_with_log_targets(x, t, axis=-1, where=mask)
+  x, t, axes, mask = _kl_inputs(log_predictions, log_targets, axis, where, "log_targets", -jnp.inf)
+  zero = t == -jnp.inf
+  t_s, x_s = jnp.where(zero, 0, t), jnp.where(zero, 0, x)
+  terms = jnp.where(zero, _nan_of(x), jnp.exp(t_s) * (t_s - x_s))
+  return _sum(terms, axes, mask)
 
 
 def generalized_kl_divergence(
@@ -461,7 +563,8 @@ def generalized_kl_divergence(
 
   Args:
     log_predictions: log of the (unnormalised) predicted measure, ``[..., dim]``.
-    targets: the (unnormalised, non-negative) target measure, same shape.
+    targets: the (unnormalised, non-negative) target measure, same shape (or
+      broadcastable).
     axis: the axis, a tuple of axes, or None for all axes.
     where: elements to include, broadcastable to ``log_predictions.shape``.
 
@@ -469,9 +572,10 @@ def generalized_kl_divergence(
     ``[...]`` per-example divergences, float32 (float64 for float64).
 
   Numerics:
-    Summed as jaxdiv's non-negative terms ``p (expm1(d) - d)``,
-    ``d = log q - log p``: accurate when ``p ≈ q``; ``p = 0`` contributes ``q``
-    with finite derivatives, ``0`` against ``q = 0`` (optax: NaN).
+    Summed as the non-negative terms ``p (e^d - 1 - d)``,
+    ``d = log q - log p``, with a series for small ``d``: accurate when
+    ``p ≈ q`` (optax's sum of ``p log(p/q)`` and ``q - p`` cancels). ``p = 0``
+    contributes ``q`` with finite derivatives, 0 against ``q = 0`` (optax: NaN).
 
   Examples:
     >>> import jax.numpy as jnp
@@ -480,19 +584,28 @@ def generalized_kl_divergence(
     >>> print(f"{d:.4f}")
     0.3863
   """
-  x = v.as_floating("log_predictions", log_predictions)
-  p = v.as_floating("targets", targets)
-  v.same_shape("targets", p, "log_predictions", x)
-  axes = _class_axes(axis, x.ndim)
-  mask = v.mask(where, x.shape)
-  x, p = v.to_compute(x, p)
-  if mask is not None:
-    x, p = jnp.where(mask, x, -jnp.inf), jnp.where(mask, p, 0)
-  return jnp.sum(_kernels.kl_terms(p, x, False), axis=axes)
+  x, p, axes, mask = _kl_inputs(log_predictions, targets, axis, where, "targets", 0)
+  zero = p == 0
+  p_s, x_s = jnp.where(zero, 1, p), jnp.where(zero, 0, x)
+  terms = jnp.where(zero, jnp.exp(jnp.where(zero, x, 0)), p_s * _expm1_minus(x_s - jnp.log(p_s)))
+  return _sum(terms, axes, mask)
 
 
-convex_kl_divergence = generalized_kl_divergence
-"""optax's deprecated name for :func:`generalized_kl_divergence` (here without the warning)."""
+@functools.wraps(generalized_kl_divergence)
+def convex_kl_divergence(*args, **kwargs) -> jax.Array:
+  """optax's deprecated name for :func:`generalized_kl_divergence`; warns as optax's does."""
+  warnings.warn(
+      "The function convex_kl_divergence is deprecated. Please use generalized_kl_divergence instead.",
+      category=DeprecationWarning,
+      stacklevel=2,
+  )
+  return generalized_kl_divergence(*args, **kwargs)
+
+
+convex_kl_divergence.__doc__ = (
+    "optax's deprecated name for :func:`generalized_kl_divergence`: the same function, and a\n"
+    "``DeprecationWarning`` on each call, as optax's."
+)
 
 
 # --------------------------------------------------------------------------- #
@@ -555,10 +668,9 @@ def sigmoid_focal_loss(
     ``logits.shape``, float32 (float64 for float64).
 
   Numerics:
-    The cross-entropy is :func:`jaxdiv.binary_cross_entropy`; ``log(1 - p_t)``
-    is a log-sum-exp of ``log σ(±z)``, so logits of ``±inf`` or ``±1e30`` give
-    0 with zero gradient where the label agrees (optax: NaN), and
-    ``gamma = 0`` never forms ``0 · -inf``.
+    :func:`jaxdiv.sigmoid_focal_loss`: logits of ``±inf`` or ``±1e30`` with an
+    agreeing label give 0 with zero gradient (optax: NaN at ``±inf``), and
+    ``gamma = 0`` never forms ``0 · -inf``. ``gamma < 0`` is refused.
 
   References:
     Lin et al., "Focal Loss for Dense Object Detection", arXiv:1708.02002.
@@ -567,26 +679,7 @@ def sigmoid_focal_loss(
     >>> import jax.numpy as jnp
     >>> from jaxdiv import optax as losses
     >>> losses.sigmoid_focal_loss(jnp.array([0.0, jnp.inf]), jnp.array([1.0, 1.0]))
-    Array([0.17328680, 0.        ], dtype=float32)
+    Array([0.1732868, 0.       ], dtype=float32)
   """
   x, y = _binary(logits, labels)
-  ce = jaxdiv.binary_cross_entropy(x, y)
-  x, y = v.to_compute(x, y)
-  # log(1 - p_t) = logsumexp(log(1 - y) + log σ(z), log y + log σ(-z)), with the
-  # weights' logs -inf (not NaN) at y = 0 or 1; the kernel's logsumexp gives
-  # -inf with zero derivative where both terms vanish.
-  log_w1 = jnp.log(jnp.where(y < 1, 1 - y, 1))
-  log_w0 = jnp.log(jnp.where(y > 0, y, 1))
-  terms = jnp.stack(
-      [jnp.where(y < 1, log_w1 + jax.nn.log_sigmoid(x), -jnp.inf),
-       jnp.where(y > 0, log_w0 + jax.nn.log_sigmoid(-x), -jnp.inf)],
-      axis=-1,
-  )
-  _, shift, log_sum = _kernels.log_softmax(terms, terms.ndim - 1)
-  log_one_minus_pt = jnp.squeeze(shift + log_sum, -1)
-  g = jnp.asarray(gamma).astype(ce.dtype)
-  loss = ce * jnp.exp(_kernels.mul_safe(jnp.broadcast_to(g, log_one_minus_pt.shape), log_one_minus_pt))
-  if alpha is None:
-    return loss
-  a = jnp.asarray(alpha).astype(ce.dtype)
-  return (a * y + (1 - a) * (1 - y)) * loss
+  return jaxdiv.sigmoid_focal_loss(x, y, alpha=alpha, gamma=gamma)

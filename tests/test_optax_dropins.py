@@ -5,8 +5,10 @@
   and correct, over int, negative, tuple and None axes and both kinds of ``where``;
 * float64 values equal optax run in float64 (the reference where it is correct);
 * jit, vmap, jacfwd/jacrev and Hessians agree and are finite;
+* optax's formula for unnormalised inputs, its ``where`` broadcasting per
+  function, negative labels and labels on masked classes, its deprecation warning;
 * each documented difference has a test named after it: the NaN cases (with
-  the float64 truth), the wrong-in-optax cases, the float32 return dtype.
+  the float64 truth), the rounded-wrong-in-optax case, the float32 return dtype.
 """
 
 from __future__ import annotations
@@ -132,30 +134,27 @@ def test_module_exports_exactly_the_dropins_and_optax_stays_optax():
   assert sorted(dropin.__all__) == dropin.__all__
   assert dropin.__name__ == "jaxdiv.optax"
   assert sys.modules["optax"] is optax and optax is not dropin
-  from jaxdiv import _demo  # a module inside jaxdiv that does `import optax`
+  from jaxdiv.cli import demo as _demo  # a module inside jaxdiv that does `import optax`
 
   assert _demo.optax is optax
   assert optax.losses.softmax_cross_entropy is not dropin.softmax_cross_entropy
-  assert dropin.convex_kl_divergence is dropin.generalized_kl_divergence
 
 
-# The KL drop-ins normalise their log-space arguments, so their gradients w.r.t.
-# them differ from optax's by a component along the normalisation, which
-# vanishes through the log_softmax/softmax that produced them: compare there.
-UPSTREAM = {
-    "kl_divergence": lambda z, t: (jax.nn.log_softmax(z), jax.nn.softmax(t)),
-    "kl_divergence_with_log_targets": lambda z, t: (jax.nn.log_softmax(z), jax.nn.log_softmax(t)),
-}
+def test_deprecated_alias_warns_as_optax_and_gives_the_same_values():
+  log_q, p = jnp.log(jnp.array([0.2, 0.3, 0.5])), jnp.array([0.1, 0.6, 0.3])
+  with pytest.warns(DeprecationWarning, match="convex_kl_divergence is deprecated. Please use generalized_kl"):
+    got = dropin.convex_kl_divergence(log_q, p)
+  with pytest.warns(DeprecationWarning):
+    want = optax.losses.convex_kl_divergence(log_q, p)
+  _close(got, want)
+  _close(got, dropin.generalized_kl_divergence(log_q, p), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("name", DISTINCT)
 def test_values_and_gradients_equal_optax_on_random_inputs(name):
   args = _f32(_inputs(name, _rng(name, "random"), (5, 7), -1))
-  if name in UPSTREAM:
-    args = _f32(_rng(name, "upstream").normal(size=(2, 5, 7)))
-  prep = UPSTREAM.get(name, lambda *a: a)
-  ours = jax.jit(lambda *a: _call(dropin, name, *prep(*a)))
-  theirs = jax.jit(lambda *a: _optax(name, *prep(*a)))
+  ours = jax.jit(lambda *a: _call(dropin, name, *a))
+  theirs = jax.jit(lambda *a: _optax(name, *a))
   assert ours(*args).shape == theirs(*args).shape
   _close(ours(*args), theirs(*args))
   if name == "smooth_labels":
@@ -329,10 +328,28 @@ def test_kl_divergence_gradient_at_zero_target_is_finite():
   optax_grad = jax.grad(lambda t: jnp.sum(optax.losses.kl_divergence(jnp.asarray(log_q, jnp.float32), t)))
   assert _has_nan(optax_grad(jnp.asarray(p, jnp.float32)))
   value, (g_log_q, g_p) = _value_and_grads(dropin.kl_divergence, log_q, p)
-  _close(value, ref.kl_divergence(log_q, p))
-  _close(g_p, [[np.log(0.5 / 0.5), 0.0, np.log(0.5 / 0.25)]])  # log p - log q, 0 where p = 0
-  _close(g_log_q, np.exp(log_q) - p)
+  _close(value, ref.optax_kl_divergence(log_q, p))
+  # ∂/∂p of Σ p (log p - x) is log p + 1 - x, taken as 0 where p = 0; ∂/∂x = -p.
+  _close(g_p, [[np.log(0.5 / 0.5) + 1, 0.0, np.log(0.5 / 0.25) + 1]])
+  _close(g_log_q, -p)
   _assert_finite(value, g_log_q, g_p)
+
+
+@pytest.mark.parametrize("name", ["kl_divergence", "kl_divergence_with_log_targets", "generalized_kl_divergence"])
+def test_kl_nan_in_an_unmasked_entry_gives_nan_and_a_masked_one_never_leaks(name):
+  log_q = jnp.log(jnp.array([[0.5, 0.25, 0.25]]))
+  p = jnp.array([[0.5, 0.0, 0.5]])
+  target = jnp.log(p) if name == "kl_divergence_with_log_targets" else p
+  fn = getattr(dropin, name)
+  for bad in (log_q.at[0, 1].set(jnp.nan),):  # NaN prediction on a zero target: still NaN
+    assert np.isnan(fn(bad, target)[0])
+  assert np.isnan(fn(log_q, target.at[0, 0].set(jnp.nan))[0])
+  where = jnp.array([True, False, True])
+  junk_q, junk_t = log_q.at[0, 1].set(jnp.nan), target.at[0, 1].set(jnp.nan)
+  value, grads = jax.value_and_grad(lambda a, b: jnp.sum(fn(a, b, where=where)), (0, 1))(junk_q, junk_t)
+  _close(value, fn(log_q[:, where], target[:, where]))
+  _assert_finite(value, grads)
+  assert np.all(np.asarray(grads[0])[0, 1] == 0) and np.all(np.asarray(grads[1])[0, 1] == 0)
 
 
 def test_kl_divergence_with_log_targets_neg_inf_log_target_is_finite():
@@ -373,27 +390,104 @@ def test_sigmoid_focal_loss_gamma_zero_is_the_cross_entropy():
 
 
 def test_integer_label_cross_entropy_ties_at_1e30_give_log_2():
-  z, y = jnp.array([[1e30, 1e30]], jnp.float32), jnp.array([0])
-  assert float(optax.losses.softmax_cross_entropy_with_integer_labels(z, y)[0]) == 0.0
-  _close(dropin.softmax_cross_entropy_with_integer_labels(z, y), [np.log(2.0)], rtol=1e-7)
+  z, y = np.array([[1e30, 1e30]], np.float32), np.array([0])
+  truth = ref.cross_entropy(z, y)  # float64: log 2 (optax 0.2.8's float32 sum rounds it to 0)
+  _close(truth, [np.log(2.0)], rtol=1e-15)
+  _close(dropin.softmax_cross_entropy_with_integer_labels(jnp.asarray(z), jnp.asarray(y)), truth, rtol=1e-7)
 
 
-def test_tiny_kl_keeps_relative_accuracy():
+def test_generalized_kl_of_nearly_equal_measures_keeps_relative_accuracy():
+  rng = _rng("tiny generalized kl")
+  p = np.exp(rng.normal(size=(1, 4096))).astype(np.float32)
+  x = (np.log(p) + 1e-4 * rng.normal(size=p.shape)).astype(np.float32)
+  d = x.astype(np.float64) - np.log(p.astype(np.float64))
+  truth = np.sum(p * (np.expm1(d) - d), -1)  # float64, on the float32 inputs
+  ours = dropin.generalized_kl_divergence(x, p)
+  theirs = optax.losses.generalized_kl_divergence(x, p)
+  assert abs(float(ours[0]) / truth[0] - 1) < 1e-3
+  assert abs(float(theirs[0]) / truth[0] - 1) > 1e-1  # optax's Σ p log(p/q) + Σ (q - p) cancels
+
+
+def test_kl_of_nearly_equal_log_probabilities_is_optax_formula_not_the_normalised_kl():
+  # Float32 log_softmax outputs are normalised only to rounding, and optax's
+  # formula sums that rounding: on these inputs its exact value is -2.8e-7,
+  # while the KL of the distributions they stand for is 4.9e-9. The drop-in
+  # gives the former (as optax); jaxdiv's own KL, which normalises, the latter.
   rng = _rng("tiny kl")
   t = rng.normal(size=(1, 4096)).astype(np.float32)
   z = (t + 1e-4 * rng.normal(size=t.shape)).astype(np.float32)
   log_p, log_q = jax.nn.log_softmax(t), jax.nn.log_softmax(z)
-  truth = ref.kl_divergence_with_log_targets(np.asarray(log_q), np.asarray(log_p))
-  ours = dropin.kl_divergence_with_log_targets(log_q, log_p)
-  theirs = optax.losses.kl_divergence_with_log_targets(log_q, log_p)
-  assert abs(float(ours[0]) / truth[0] - 1) < 1e-3
-  assert abs(float(theirs[0]) / truth[0] - 1) > 1e-1  # optax's Σ p (log p - log q) cancels
+  formula = ref.optax_kl_divergence_with_log_targets(np.asarray(log_q), np.asarray(log_p))
+  _close(dropin.kl_divergence_with_log_targets(log_q, log_p), formula, rtol=1e-4, atol=0)
+  _close(dropin.kl_divergence_with_log_targets(log_q, log_p),
+         optax.losses.kl_divergence_with_log_targets(log_q, log_p), rtol=1e-5, atol=0)
+  normalised = ref.kl_divergence_with_log_targets(np.asarray(log_q), np.asarray(log_p))
+  assert abs(float(jaxdiv.kl_divergence_with_log_targets(log_q, log_p)[0]) / normalised[0] - 1) < 1e-3
 
 
-def test_unnormalised_log_predictions_give_the_kl_of_the_softmax():
+def test_unnormalised_inputs_give_optax_formula():
+  # optax 0.2.8's own KLDivergenceTest.test_batched: the second target row sums to 0.9.
+  log_q = np.array([[-2.9957, -3.5066, -3.9120, -1.2040, -0.6931, -2.3026],
+                    [-1.6094, -1.6094, -1.6094, -2.3026, -1.8971, -1.8971]])
+  p = np.array([[0.2, 0.2, 0.2, 0.1, 0.15, 0.15], [0.05, 0.03, 0.02, 0.3, 0.5, 0.0]])
+  got = dropin.kl_divergence(*_f32((log_q, p)))
+  _close(got, ref.optax_kl_divergence(log_q, p), rtol=1e-6)
+  _close(got, [0.8875577, 0.7592807], rtol=1e-6)  # optax's recorded values
+  # Raw logits as log_predictions and log-targets: optax's sums, not a divergence.
   rng = _rng("unnormalised")
-  z, p = rng.normal(size=(3, 5)) + 4.0, _softmax(rng.normal(size=(3, 5)))
-  _close(dropin.kl_divergence(*_f32((z, p))), ref.kl_divergence(z, p), rtol=1e-5)
+  z, t = rng.normal(size=(3, 5)) + 4.0, rng.normal(size=(3, 5))
+  _close(dropin.kl_divergence(*_f32((z, _softmax(t)))), ref.optax_kl_divergence(z, _softmax(t)), rtol=1e-5)
+  _close(dropin.kl_divergence_with_log_targets(*_f32((z, t))), ref.optax_kl_divergence_with_log_targets(z, t),
+         rtol=1e-5)
+  _close(dropin.kl_divergence_with_log_targets(*_f32((z, t))),
+         optax.losses.kl_divergence_with_log_targets(*_f32((z, t))), rtol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [4, 6], ids=["B!=V", "B==V"])
+@pytest.mark.parametrize("name", ["kl_divergence", "kl_divergence_with_log_targets", "generalized_kl_divergence"])
+def test_kl_class_mask_of_shape_num_classes_drops_classes_as_in_optax(name, batch):
+  # optax sums with jnp.sum(..., where=where): a [V] mask broadcasts over rows.
+  rng = _rng(name, "class mask", batch)
+  log_q = np.log(_softmax(rng.normal(size=(batch, 6))))
+  p = _softmax(rng.normal(size=(batch, 6)))
+  target = np.log(p) if name == "kl_divergence_with_log_targets" else p
+  where = jnp.array([True, False, True, True, False, True])
+  args = _f32((log_q, target))
+  got = _call(dropin, name, *args, where=where)
+  assert got.shape == (batch,)
+  _close(got, _optax(name, *args, where=where))
+  _close(got, _call(dropin, name, args[0][:, where], args[1][:, where]))
+
+
+def test_integer_labels_negative_and_on_masked_classes_equal_optax():
+  z = jnp.array([[0.3, -1.2, 2.0, 0.5], [1.0, 0.0, -1.0, 3.0]])
+  for labels in ([-1, -4], [-5, 4], [3, -2]):  # -5 and 4 are out of range: NaN in both
+    y = jnp.array(labels)
+    _close(dropin.softmax_cross_entropy_with_integer_labels(z, y),
+           optax.losses.softmax_cross_entropy_with_integer_labels(z, y))
+  y8 = jnp.array([-1, 2], jnp.int8)  # y + num_classes must not wrap in the label dtype
+  _close(dropin.softmax_cross_entropy_with_integer_labels(z, y8),
+         optax.losses.softmax_cross_entropy_with_integer_labels(z, y8))
+  # where restricts the normaliser only: a label on a masked class reads its logit anyway.
+  where = jnp.array([[True, False, True, True], [False, True, True, False]])
+  y = jnp.array([1, 3])
+  ours = lambda z: dropin.softmax_cross_entropy_with_integer_labels(z, y, where=where)
+  theirs = lambda z: optax.losses.softmax_cross_entropy_with_integer_labels(z, y, where=where)
+  _close(ours(z), theirs(z))
+  _close(jax.jacrev(ours)(z), jax.jacrev(theirs)(z))
+  assert np.all(np.isfinite(np.asarray(ours(z))))
+
+
+@pytest.mark.parametrize("name", [n for n in DISTINCT if n not in ("smooth_labels", "sigmoid_binary_cross_entropy",
+                                                                   "sigmoid_focal_loss",
+                                                                   "softmax_cross_entropy_with_integer_labels")])
+def test_empty_class_axis_gives_optax_empty_sum(name):
+  # optax's own test_mask draws a random mask that is all False one time in 32.
+  empty = jnp.zeros((2, 0))
+  got = _call(dropin, name, empty, empty)
+  assert got.shape == (2,)
+  _close(got, _optax(name, empty, empty))
+  _close(got, [0.0, 0.0], rtol=0, atol=0)
 
 
 # --------------------------------------------------------------------------- #
@@ -412,12 +506,12 @@ def test_low_precision_inputs_return_float32(dtype):
   assert dropin.smooth_labels(p, 0.1).dtype == dtype  # labels keep their dtype, as in optax
 
 
-def test_smooth_labels_with_where_gives_masked_classes_zero():
+def test_smooth_labels_with_where_counts_kept_classes_as_optax():
   y = jnp.array([[0.0, 1.0, 0.0, 0.0]])
   where = jnp.array([[True, True, False, True]])
   out = dropin.smooth_labels(y, 0.3, where=where)
-  _close(out, [[0.1, 0.8, 0.0, 0.1]])
-  _close(jnp.sum(out, -1), [1.0])
+  _close(out, [[0.1, 0.8, 0.1, 0.1]])  # K = 3 kept classes; every entry gets α/K, as in optax
+  _close(jnp.sum(jnp.where(where, out, 0), -1), [1.0])  # the kept classes sum to one
   with jax.numpy_dtype_promotion("standard"):  # optax's own code needs implicit promotion here
     theirs = optax.losses.smooth_labels(y, 0.3, where=where)
-  _close(jnp.where(where, theirs, 0), out)
+  _close(out, theirs)
