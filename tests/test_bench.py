@@ -13,7 +13,8 @@ from jaxdiv.cli import main as cli
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
   out = tmp_path_factory.mktemp("bench")
-  argv = ["bench", "--quick", "--shapes", "16x32", "--dtypes", "float32,bfloat16", "--repeats", "2", "--out", str(out)]
+  argv = ["bench", "--quick", "--shapes", "16x32", "--dtypes", "float32,bfloat16", "--repeats", "2",
+          "--out", str(out)]
   assert cli.main(argv) == 0
   return out
 

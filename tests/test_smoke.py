@@ -101,7 +101,8 @@ def test_vocab_parallel_cross_entropy_on_a_simulated_mesh_in_both_modes(axis_typ
   z, y = jnp.asarray(z, jnp.float32), jnp.asarray(y, jnp.int32)
   kind = getattr(jax.sharding.AxisType, axis_type)
   mesh = jax.make_mesh((2, 4), ("data", "vocab"), axis_types=(kind, kind))
-  sharded = lambda z: jaxdiv.vocab_parallel_cross_entropy(z, y, mesh=mesh, vocab_axis="vocab", token_axis="data")
+  sharded = lambda z: jaxdiv.vocab_parallel_cross_entropy(
+      z, y, mesh=mesh, vocab_axis="vocab", token_axis="data")
   single = lambda z: jaxdiv.cross_entropy(z, y)
   _close(jax.jit(sharded)(z), np.asarray(single(z)))
   weights = jnp.arange(1.0, N + 1.0)

@@ -26,7 +26,8 @@ import platform
 import statistics
 import sys
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -313,7 +314,8 @@ def to_markdown(rows: Sequence[Row], repeats: int) -> str:
     case = by_key.get((loss, shape, dtype, "fwd+bwd")) or by_key.get((loss, shape, dtype, "fwd"))
     j, b = case["jaxdiv"], case[baseline]
     mem = f"{_fmt_mib(j.temp_mib)} / {_fmt_mib(b.temp_mib)}"
-    lines.append(f"| {loss} | {shape[0]}×{shape[1]} | {dtype} | {baseline} | " + " | ".join(cells) + f" | {mem} |")
+    lines.append(
+        f"| {loss} | {shape[0]}×{shape[1]} | {dtype} | {baseline} | " + " | ".join(cells) + f" | {mem} |")
   lines += [
       "",
       "All contenders:",
@@ -365,9 +367,12 @@ def _parse_shapes(text: str) -> list[tuple[int, int]]:
 
 
 def add_arguments(parser) -> None:
-  parser.add_argument("--quick", action="store_true", help="small shapes and few repeats (seconds, for CI)")
+  parser.add_argument(
+      "--quick", action="store_true",
+      help="small shapes and few repeats (25 s of CPU on 2 cores; longer on a busy machine)")
   parser.add_argument("--shapes", help="comma-separated RxC shapes, e.g. 8192x1024,2048x32768")
-  parser.add_argument("--dtypes", default=",".join(DTYPES), help="comma-separated dtypes (default: %(default)s)")
+  parser.add_argument(
+      "--dtypes", default=",".join(DTYPES), help="comma-separated dtypes (default: %(default)s)")
   parser.add_argument("--losses", help="comma-separated losses (default: all)")
   parser.add_argument("--modes", default=",".join(MODES), help="comma-separated modes (default: %(default)s)")
   parser.add_argument("--repeats", type=int, help="timed samples per contender (default 15; 3 with --quick)")

@@ -28,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
   bench_cli.add_arguments(bench)
   fused = sub.add_parser(
       "bench-fused", help="memory and time of the fused linear cross-entropy vs the naive loss")
-  fused.add_argument("--quick", action="store_true", help="a small shape (under a minute)")
+  fused.add_argument(
+      "--quick", action="store_true", help="a small shape (27 s of CPU on 2 cores; longer on a busy machine)")
   fused.add_argument("--out", default="bench_results", help="folder for the JSON results and PNG plots")
   demo = sub.add_parser(
       "demo", help="train a digits classifier and distil a student (no downloads), then print accuracies and "
