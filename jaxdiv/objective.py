@@ -76,6 +76,36 @@ def _accepts(fn: Callable[..., Any], name: str) -> bool:
     return False
 
 
+def _default(fn: Callable[..., Any], name: str) -> Any:
+  """The value ``fn`` uses for keyword ``name`` when the caller passes none, or None.
+
+  ``inspect.signature`` reports a ``functools.partial``'s keywords as the
+  defaults, so ``partial(cross_entropy, ignore_index=-100)`` gives -100.
+  """
+  try:
+    parameter = inspect.signature(fn).parameters.get(name)
+  except (TypeError, ValueError):
+    return None
+  if parameter is None or parameter.default is inspect.Parameter.empty:
+    return None
+  return parameter.default
+
+
+def _check_normalizer(source: str, value: Any) -> None:
+  """Trace-time check that ``value`` is a numeric scalar, with a message naming ``source``."""
+  expected = f"{source} must be an integer or floating scalar (the denominator of the mean); got "
+  if isinstance(value, (bool, str, bytes)):
+    raise TypeError(f"{expected}{value!r} of type {type(value).__name__}.")
+  try:
+    n = jnp.asarray(value)
+  except TypeError as e:
+    raise TypeError(f"{expected}{value!r} of type {type(value).__name__}.") from e
+  if not (jnp.issubdtype(n.dtype, jnp.integer) or jnp.issubdtype(n.dtype, jnp.floating)):
+    raise TypeError(f"{expected}{n.dtype}{list(n.shape)}.")
+  if n.shape != ():
+    raise ValueError(f"{expected}shape {list(n.shape)}. Pass one count or weight sum for the whole batch.")
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Objective(Generic[Params]):
   """``loss_fn(params, batch) -> (loss, aux)`` from a jaxdiv loss and an apply function.
@@ -140,6 +170,8 @@ class Objective(Generic[Params]):
       raise ValueError(f"reduction must be 'mean' or 'sum'; got {self.reduction!r}.")
     if not callable(self.loss) or not callable(self.apply_fn):
       raise TypeError(f"loss and apply_fn must be callable; got {self.loss!r} and {self.apply_fn!r}.")
+    if self.loss_kwargs.get("normalizer") is not None:
+      _check_normalizer("loss_kwargs['normalizer']", self.loss_kwargs["normalizer"])
 
   def __call__(self, params: Params, batch: Batch) -> tuple[jax.Array, Aux]:
     """The scalar loss and its :class:`Aux` for ``params`` on ``batch``."""
@@ -166,6 +198,7 @@ class Objective(Generic[Params]):
     if _accepts(self.loss, "reduction"):
       reduced_kwargs = dict(kwargs, reduction=self.reduction)
       if "normalizer" in batch and _accepts(self.loss, "normalizer"):
+        _check_normalizer("batch['normalizer']", batch["normalizer"])
         reduced_kwargs["normalizer"] = batch["normalizer"]
       if self.return_aux and _accepts(self.loss, "return_aux"):
         loss, parts = self.loss(logits, target, **reduced_kwargs, return_aux=True)
@@ -229,15 +262,29 @@ class Objective(Generic[Params]):
       where = jnp.asarray(where)
       if where.dtype != jnp.bool_:
         raise TypeError(f"batch['where'] must be a boolean class mask; got {where.dtype}.")
-      where = jnp.broadcast_to(where, shape)
+      try:
+        where = jnp.broadcast_to(where, shape)
+      except ValueError as e:
+        raise ValueError(
+            f"batch['where'] must be broadcastable to the logits shape {list(shape)}; got {list(where.shape)}."
+        ) from e
     if mask is not None:
       rows = jnp.broadcast_to(jnp.expand_dims(mask, axis), shape)
       where = rows if where is None else where & rows
     return where
 
+  def _ignore_index(self, batch: Batch) -> Any:
+    """The loss's ``ignore_index``: from the batch, ``loss_kwargs``, or the loss itself (a partial's keyword)."""
+    for name, key in self.batch_kwargs.items():
+      if name == "ignore_index":
+        return batch[key]
+    if "ignore_index" in self.loss_kwargs:
+      return self.loss_kwargs["ignore_index"]
+    return _default(self.loss, "ignore_index")
+
   def _counted(self, batch, target, mask, row_shape) -> jax.Array | None:
     """Examples that count for the accuracy: unmasked, and not ``ignore_index``."""
-    ignore = self.loss_kwargs.get("ignore_index")
+    ignore = self._ignore_index(batch)
     labels = jnp.asarray(batch[self.labels_key] if self.labels_key is not None else target)
     if ignore is None or not jnp.issubdtype(labels.dtype, jnp.integer) or labels.shape != row_shape:
       return mask

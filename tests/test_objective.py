@@ -176,3 +176,42 @@ def test_errors_are_clear():
     Objective(lambda z, y: jnp.sum(z, -1), _linear)(w, dict(batch, mask=jnp.ones(8, bool)))
   with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
     Objective(jaxdiv.cross_entropy, _linear, reduction="none")
+  with pytest.raises(ValueError, match=r"batch\['where'\] must be broadcastable to the logits shape \[8, 4\]; got \[3\]"):
+    Objective(jaxdiv.cross_entropy, _linear)(w, dict(batch, where=jnp.ones(3, bool)))
+
+
+def test_ignore_index_from_a_partial_is_not_counted():
+  # Regression (issue 13): ignore_index given through functools.partial was invisible to the
+  # accuracy's count, so ignored rows counted as examples.
+  w, batch = _batch("partial ignore")
+  labels = batch["labels"].at[:3].set(-100)
+  batch = dict(batch, labels=labels)
+  partial = Objective(functools.partial(jaxdiv.cross_entropy, ignore_index=-100), _linear)
+  direct = Objective(jaxdiv.cross_entropy, _linear, loss_kwargs={"ignore_index": -100})
+  (loss_p, aux_p), (loss_d, aux_d) = partial(w, batch), direct(w, batch)
+  assert float(aux_p.count) == float(aux_d.count) == 5.0
+  _close(aux_p.accuracy, aux_d.accuracy)
+  _close(loss_p, loss_d)
+  # From the batch too, through batch_kwargs.
+  from_batch = Objective(jaxdiv.cross_entropy, _linear, batch_kwargs={"ignore_index": "ignore"})
+  assert float(from_batch(w, dict(batch, ignore=-100))[1].count) == 5.0
+
+
+@pytest.mark.parametrize("normalizer, error, message", [
+    ("2", TypeError, r"batch\['normalizer'\] must be an integer or floating scalar .*got '2' of type str"),
+    (True, TypeError, r"batch\['normalizer'\] must be an integer or floating scalar .*got True of type bool"),
+    (jnp.ones(2), ValueError, r"batch\['normalizer'\] must be .*; got shape \[2\]"),
+    (jnp.array(True), TypeError, r"batch\['normalizer'\] must be .*; got bool\[\]"),
+])
+def test_bad_normalizer_errors_name_the_argument(normalizer, error, message):
+  w, batch = _batch("normalizer")
+  with pytest.raises(error, match=message):
+    Objective(jaxdiv.cross_entropy, _linear)(w, dict(batch, normalizer=normalizer))
+  with pytest.raises(error, match=message.replace(r"batch\['normalizer'\]", r"loss_kwargs\['normalizer'\]")):
+    Objective(jaxdiv.cross_entropy, _linear, loss_kwargs={"normalizer": normalizer})
+
+
+def test_a_numeric_normalizer_from_the_batch_divides_the_sum():
+  w, batch = _batch("normalizer ok")
+  loss, _ = jax.jit(Objective(jaxdiv.cross_entropy, _linear))(w, dict(batch, normalizer=jnp.float32(16.0)))
+  _close(loss, jnp.sum(jaxdiv.cross_entropy(batch["inputs"] @ w, batch["labels"])) / 16.0)
