@@ -122,6 +122,11 @@ def _where(where: ArrayLike | None, shape: tuple[int, ...], axes: tuple[int, ...
     return None
   w = jnp.asarray(where)
   if w.ndim != len(shape):
+    if w.ndim + len(axes) != len(shape):
+      raise ValueError(
+          f"where must have the logits' shape {list(shape)} (or broadcast to it) or the batch shape "
+          f"{[n for a, n in enumerate(shape) if a not in axes]}; got {list(w.shape)}."
+      )
     w = jnp.expand_dims(w, axes)
   return v.mask(w, shape)
 

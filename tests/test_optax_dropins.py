@@ -263,6 +263,10 @@ def test_errors_name_optax_arguments():
     dropin.softmax_cross_entropy_with_integer_labels(jnp.zeros((2, 3)), jnp.zeros(2))
   with pytest.raises(ValueError, match="labels must be broadcastable to the logits shape"):
     dropin.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
+  with pytest.raises(ValueError, match=r"where must have the logits' shape \[2, 3, 4\] .* batch shape \[2, 3\]; got \[5\]"):
+    dropin.softmax_cross_entropy(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 4)), where=jnp.ones(5, bool))
+  with pytest.raises(ValueError, match=r"where must be broadcastable to the logits shape \[2, 3\]"):
+    dropin.kl_divergence(jnp.zeros((2, 3)), jnp.zeros((2, 3)), where=jnp.ones(2, bool))
 
 
 # --------------------------------------------------------------------------- #
