@@ -666,3 +666,41 @@ def torch_cross_entropy(logits, labels, weight=None, ignore_index=-100, reductio
   if reduction == "sum":
     return loss.sum()
   return loss.sum() / w_y.sum()
+
+
+def mvn_exact_general(kind, mean, a, target_mean=None, target_a=None, given=("scale", "scale")):
+  """As :func:`mvn_exact` for any square scale ``S`` (``Σ = S Sᵀ``, formed in 40 digits) or a covariance.
+
+  ``given[i]`` says whether the i-th matrix is a "scale" or a "covariance"; each is used exactly as
+  passed (no triangle is taken), so upper, general and diagonal-plus-low-rank scales all work.
+  """
+  mp = _mp()
+  m1, a1 = np.asarray(mean, np.float64), np.asarray(a, np.float64)
+  m2 = m1 if target_mean is None else np.asarray(target_mean, np.float64)
+  a2 = a1 if target_a is None else np.asarray(target_a, np.float64)
+  k = m1.shape[-1]
+  batch = np.broadcast_shapes(m1.shape[:-1], a1.shape[:-2], m2.shape[:-1], a2.shape[:-2])
+  m1, m2 = (np.broadcast_to(x, batch + (k,)) for x in (m1, m2))
+  a1, a2 = (np.broadcast_to(x, batch + (k, k)) for x in (a1, a2))
+
+  def cov(x, what):
+    x = mp.matrix([[mp.mpf(float(v)) for v in row] for row in x])
+    return x * x.T if what == "scale" else x
+
+  out = np.empty(batch)
+  for idx in np.ndindex(batch):
+    s1, s2 = cov(a1[idx], given[0]), cov(a2[idx], given[1])
+    log_det = lambda s: mp.log(mp.det(s))
+    log_2pi = mp.log(2 * mp.pi)
+    if kind == "entropy":
+      out[idx] = float((k * (1 + log_2pi) + log_det(s1)) / 2)
+      continue
+    inv = mp.inverse(s2)
+    dm = mp.matrix([mp.mpf(float(x)) - mp.mpf(float(y)) for x, y in zip(m1[idx], m2[idx])])
+    trace = sum((inv * s1)[i, i] for i in range(k))
+    maha = (dm.T * inv * dm)[0, 0]
+    if kind == "kl":
+      out[idx] = float((trace - k + maha + log_det(s2) - log_det(s1)) / 2)
+    else:
+      out[idx] = float((k * log_2pi + log_det(s2) + trace + maha) / 2)
+  return out

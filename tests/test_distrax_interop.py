@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import jaxdiv.distributions as jd
+import reference as ref
 
 if not hasattr(jax.interpreters.xla, "pytype_aval_mappings"):
   # TFP 0.25 (distrax's dependency, latest at the time of writing) still reads this alias at import;
@@ -148,3 +149,100 @@ def test_normal_with_large_means_and_small_target_scale_is_finite_where_distrax_
 def test_missing_distrax_pair_raises_not_implemented_naming_both_types():
   with pytest.raises(NotImplementedError, match="KL\\(Normal ‖ Categorical\\)"):
     jd.kl_divergence(distrax.Normal(0.0, 1.0), distrax.Categorical(logits=jnp.zeros(3)))
+
+
+# --------------------------------------------------------------------------- #
+# Issue 15: batch broadcasting for every pair, cross-entropy, DiagPlusLowRank, TFP objects
+# --------------------------------------------------------------------------- #
+
+tfd = pytest.importorskip("tensorflow_probability.substrates.jax").distributions
+
+
+def _peer(fn, *args):
+  """Call distrax/TFP's own methods under jax's default promotion (their code assumes it)."""
+  with jax.numpy_rank_promotion("allow"), jax.numpy_dtype_promotion("standard"):
+    return fn(*args)
+
+
+def test_categorical_with_a_batch_against_an_unbatched_one_broadcasts_like_distrax():
+  # The issue's example: this raised "target_logits must have the same shape as logits".
+  p = distrax.Categorical(probs=jnp.asarray([[0.1, 0.5, 0.4], [0.2, 0.4, 0.4]]))
+  q = distrax.Categorical(logits=jnp.asarray([0.0, 0.1, 0.1]))
+  got = jd.kl_divergence(p, q)
+  np.testing.assert_allclose(got, [0.13302903, 0.03145725], rtol=2e-6)  # 40-digit values of these inputs
+  assert jd.kl_divergence(q, p).shape == (2,) and jd.cross_entropy(p, q).shape == (2,)
+  bern = jd.kl_divergence(distrax.Bernoulli(probs=jnp.asarray([[0.1, 0.5, 0.4], [0.2, 0.4, 0.8]])),
+                          distrax.Bernoulli(logits=jnp.asarray([0.0, -0.1, 0.1])))
+  assert bern.shape == (2, 3)
+
+
+def test_categorical_with_different_numbers_of_classes_raises_value_error_with_both_shapes():
+  with pytest.raises(ValueError, match=r"same number of categories; got 3 \(shape \[2, 3\]\) and 2 \(shape \[2\]\)"):
+    jd.kl_divergence(distrax.Categorical(logits=jnp.zeros((2, 3))), distrax.Categorical(logits=jnp.zeros(2)))
+
+
+def _tfp_pairs(rng, dtype):
+  a = lambda *shape: jnp.asarray(rng.normal(size=shape), dtype)
+  pos = lambda *shape: jnp.asarray(rng.uniform(0.3, 3.0, size=shape), dtype)
+  tri = lambda: jnp.asarray(_tril(rng, (4,), 3), dtype)
+  return {
+      "Normal": (tfd.Normal(a(4, 3), pos(4, 3)), tfd.Normal(a(3), pos(4, 3))),
+      "MultivariateNormalDiag": (tfd.MultivariateNormalDiag(a(4, 3), pos(4, 3)), tfd.MultivariateNormalDiag(a(3), pos(3))),
+      "MultivariateNormalTriL": (tfd.MultivariateNormalTriL(a(4, 3), tri()), tfd.MultivariateNormalTriL(a(4, 3), tri())),
+      "DiagPlusLowRank_TriL": (
+          tfd.MultivariateNormalDiagPlusLowRank(a(4, 3), pos(4, 3), 0.3 * a(4, 3, 2), pos(4, 2)),
+          tfd.MultivariateNormalTriL(a(3), tri())),
+      "Bernoulli": (tfd.Bernoulli(logits=3 * a(4, 3)), tfd.Bernoulli(logits=3 * a(3))),
+      "Categorical": (tfd.Categorical(logits=3 * a(4, 5)), tfd.Categorical(logits=3 * a(5))),
+  }
+
+
+TFP_PAIRS = sorted(_tfp_pairs(np.random.default_rng(0), F32))
+# Bernoulli and Categorical go through jaxdiv._binary/_categorical, whose kernel still uses a float32
+# series in float64 (~1e-11): 1e-13 once it calls jaxdiv._series.
+TFP_F64_RTOL = {"Bernoulli": 1e-10, "Categorical": 1e-10}
+
+
+@pytest.mark.parametrize("name", TFP_PAIRS)
+def test_tfp_objects_agree_with_tfp_in_float64(name):
+  with jax.enable_x64(True):
+    p, q = _tfp_pairs(np.random.default_rng(11), jnp.float64)[name]
+    for ours, theirs in [(jd.kl_divergence(p, q), _peer(p.kl_divergence, q)),
+                         (jd.cross_entropy(p, q), _peer(p.cross_entropy, q)),
+                         (jd.entropy(p), _peer(p.entropy))]:
+      assert ours.dtype == jnp.float64 and ours.shape == theirs.shape
+      np.testing.assert_allclose(ours, theirs, rtol=TFP_F64_RTOL.get(name, 1e-13))
+
+
+def test_mixed_distrax_and_tfp_pairs_and_diag_plus_low_rank_gradients():
+  rng = np.random.default_rng(12)
+  loc, diag, u = (jnp.asarray(rng.normal(size=s), F32) for s in [(2, 3), (2, 3), (2, 3, 1)])
+  prior = tfd.MultivariateNormalDiag(jnp.zeros(3), jnp.ones(3))
+
+  def kl(loc, diag, u, ours):
+    q = distrax.MultivariateNormalDiagPlusLowRank(loc, diag, u)
+    p = distrax.MultivariateNormalDiag(jnp.zeros(3))
+    return jnp.sum(jd.kl_divergence(q, prior) if ours else _peer(q.kl_divergence, p))
+
+  np.testing.assert_allclose(kl(loc, diag, u, True), kl(loc, diag, u, False), rtol=1e-5)
+  for g, w in zip(jax.grad(kl, argnums=(0, 1, 2))(loc, diag, u, True),
+                  jax.grad(kl, argnums=(0, 1, 2))(loc, diag, u, False)):
+    np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5)
+
+
+def test_unknown_tfp_pair_names_both_types_for_kl_and_cross_entropy():
+  with pytest.raises(NotImplementedError, match="KL\\(Normal ‖ Categorical\\)"):
+    jd.kl_divergence(tfd.Normal(0.0, 1.0), distrax.Categorical(logits=jnp.zeros(3)))
+  with pytest.raises(NotImplementedError, match="no cross-entropy registered for H\\(Normal ‖ Bernoulli\\)"):
+    jd.cross_entropy(distrax.Normal(0.0, 1.0), tfd.Bernoulli(logits=0.0))
+
+
+def test_gaussian_cross_entropy_does_not_cancel_where_kl_plus_entropy_does():
+  # For σ = 1e-16: H(p) = ½ log(2πe σ²) ≈ −35.4 and KL(p‖q) ≈ 36.3, so KL + H = 0.92 loses ~1.6 digits
+  # to rounding of the two; the direct form ½(log 2π + σ² + μ²) keeps them.
+  with jax.enable_x64(True):
+    p = distrax.Normal(jnp.float64(1e-3), jnp.float64(1e-16))
+    q = distrax.Normal(jnp.float64(0.0), jnp.float64(1.0))
+    want = float(ref.gaussian_cross_entropy_exact(1e-3, np.log(1e-16), 0.0, 0.0, parameterization="log_scale",
+                                                  axis=None))
+    np.testing.assert_allclose(jd.cross_entropy(p, q), want, rtol=1e-15)

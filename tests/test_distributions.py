@@ -77,3 +77,19 @@ def test_dispatch_works_under_jit_vmap_and_grad():
   w = jax.grad(lambda a, b: jnp.sum(jaxdiv.binary_kl_divergence(b, a)), argnums=(0, 1))(a, b)
   for x, y in zip(g, w):
     np.testing.assert_allclose(x, y, rtol=1e-6)
+
+
+@jd.register_cross_entropy(_Coin, _Coin)
+def _cross_entropy_coin(p, q):
+  return jaxdiv.binary_kl_divergence(q.logit, p.logit) + jaxdiv.binary_entropy(p.logit)
+
+
+def test_cross_entropy_dispatches_and_names_both_types_when_missing():
+  p, q = _Coin(0.5), _BiasedCoin(-1.0)
+  want = jaxdiv.binary_cross_entropy(jnp.asarray(-1.0), jax.nn.sigmoid(jnp.asarray(0.5)))
+  np.testing.assert_allclose(jd.cross_entropy(p, q), want, rtol=1e-6)
+  with pytest.raises(NotImplementedError, match="no cross-entropy registered for H\\(_Coin ‖ _Die\\); add one with "
+                                                "@jaxdiv.distributions.register_cross_entropy"):
+    jd.cross_entropy(_Coin(0.0), _Die(jnp.zeros(3)))
+  with pytest.raises(ValueError, match="H\\(_Coin ‖ _Coin\\) is already registered"):
+    jd.register_cross_entropy(_Coin, _Coin)(_cross_entropy_coin)
