@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxdiv import _kernels
+from jaxdiv import _core, _kernels, _row_losses
 from jaxdiv import _reduction
 from jaxdiv import _validation as v
 from jaxdiv._reduction import Reduction
@@ -352,7 +352,7 @@ def binary_kl_divergence(
   # into the other's gradient.
   infinite = jnp.isinf(x) | jnp.isinf(t)
   two_outcomes = lambda a: jnp.stack([jnp.where(infinite, 0, a), jnp.zeros_like(a)], axis=-1)
-  accurate = _kernels.kl_rows(two_outcomes(t), two_outcomes(x), x.ndim, True)
+  accurate = _row_losses.divergence_rows(two_outcomes(x), two_outcomes(t), x.ndim, _core.DivSpec("forward_kl"))
   xi, ti = jnp.where(infinite, x, 0), jnp.where(infinite, t, 0)
   log_q1, log_q0 = _log_sigmoids(xi)
   log_p1, log_p0 = _log_sigmoids(ti)

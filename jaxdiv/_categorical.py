@@ -25,15 +25,13 @@ Shared numerical contract (tested in ``tests/test_categorical.py``):
 
 from __future__ import annotations
 
-import operator
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxdiv import _kernels
-from jaxdiv import _reduction
+from jaxdiv import _core, _kernels, _options, _reduction, _row_losses, _rows
 from jaxdiv import _validation as v
 from jaxdiv._reduction import Reduction
 
@@ -82,59 +80,10 @@ def _reduce(loss, mask, ax, reduction, normalizer):
 # --------------------------------------------------------------------------- #
 
 
-def _concrete(name: str, value, lo: float, hi: float | None = None) -> float:
-  """A static Python float option in ``[lo, hi]`` (it selects the formula)."""
-  try:
-    value = float(value)
-  except (TypeError, jax.errors.ConcretizationTypeError) as e:
-    raise TypeError(f"{name} must be a concrete Python float; got {value!r}.") from e
-  if not (value >= lo and (hi is None or value <= hi)):
-    bound = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
-    raise ValueError(f"{name} must be {bound}; got {value}.")
-  return value
-
-
-def _soft_capped(x: jax.Array, mask: jax.Array | None, soft_cap: float | None) -> jax.Array:
-  """Masked logits (-inf), then ``c·tanh(z/c)`` on the rest; ``-inf`` stays ``-inf``.
-
-  Masking first keeps NaN in masked entries out of ``tanh`` and its derivative.
-  """
-  z = _masked(x, mask, -jnp.inf)
-  if soft_cap is None:
-    return z
-  cap = _concrete("soft_cap", soft_cap, 0.0)
-  if cap == 0.0:
-    raise ValueError("soft_cap must be positive (or None for no capping); got 0.0.")
-  off = z == -jnp.inf
-  c = jnp.asarray(cap, z.dtype)
-  return jnp.where(off, z, c * jnp.tanh(jnp.where(off, jnp.zeros_like(z), z) / c))
-
-
 def _log_softmax_lse(z: jax.Array, ax: int) -> tuple[jax.Array, jax.Array]:
   """Log-probabilities and the per-row logsumexp (``-inf`` for an empty row)."""
   log_probs, shift, log_sum = _kernels.log_softmax(z, ax)
   return log_probs, jnp.squeeze(shift + log_sum, ax)
-
-
-def _uniform_term(log_probs: jax.Array, ax: int) -> tuple[jax.Array, jax.Array]:
-  """``(S, K)``: ``S = -Σ log q_c`` over the K classes on the model's support.
-
-  Classes off the support (masked, or a ``-inf`` logit) get no smoothing mass,
-  so the smoothed loss stays finite where torch and Liger give ``+inf``.
-  """
-  support = log_probs > -jnp.inf
-  total = -jnp.sum(jnp.where(support, log_probs, jnp.zeros_like(log_probs)), axis=ax)
-  return total, jnp.sum(support, axis=ax).astype(log_probs.dtype)
-
-
-def _safe_div(a: jax.Array, b: jax.Array) -> jax.Array:
-  return a / jnp.where(b > 0, b, jnp.ones_like(b))
-
-
-def _z_loss(lse: jax.Array, weight: float) -> jax.Array:
-  """``λ·lse²``, 0 with zero derivative for an empty row (``lse = -inf``)."""
-  lse = jnp.where(lse == -jnp.inf, jnp.zeros_like(lse), lse)
-  return weight * jnp.square(lse)
 
 
 def cross_entropy(
@@ -232,53 +181,23 @@ def cross_entropy(
     0.5143 1.0
   """
   _reduction.check(reduction, normalizer)
-  eps = _concrete("label_smoothing", label_smoothing, 0.0, 1.0)
-  lam = _concrete("z_loss", z_loss, 0.0)
-  if smoothing not in ("uniform", "t5x"):
-    raise ValueError(f"smoothing must be 'uniform' or 't5x'; got {smoothing!r}.")
-  if t5x_normalize and smoothing != "t5x":
-    raise ValueError("t5x_normalize=True needs smoothing='t5x'.")
-  if ignore_index is not None:
-    try:
-      ignore_index = operator.index(ignore_index)
-    except TypeError as e:
-      raise TypeError(f"ignore_index must be None or an int (torch uses -100); got {ignore_index!r}.") from e
+  cfg = _options.ce_config(label_smoothing, smoothing, t5x_normalize, z_loss, soft_cap)
+  ignore_index = _options.ignore_index(ignore_index)
   x, ax, mask = _model(logits, axis, where)
   y = v.as_integer("labels", labels, _PROB_HINT)
   v.label_shape(y, x, ax)
   num_classes = x.shape[ax]
-  plain = eps == 0.0 and lam == 0.0 and soft_cap is None and not return_aux
-  in_range = (y >= 0) & (y < num_classes)
-  safe_y = jnp.where(in_range, y, 0)
-  if plain:  # the fused kernel: reads bf16 logits as they are, gradient in one pass
-    loss = _kernels.label_cross_entropy(_masked(x, mask, -jnp.inf), safe_y, ax)
-  else:
-    (x,) = v.to_compute(x)
-    z = _soft_capped(x, mask, soft_cap)
-    log_probs, lse = _log_softmax_lse(z, ax)
-    index = jnp.expand_dims(safe_y, ax)
-    picked = jnp.squeeze(jnp.take_along_axis(log_probs, index, axis=ax), ax)
-    loss = -picked
-  if eps > 0.0:
-    total, k = _uniform_term(log_probs, ax)
-    if smoothing == "uniform":
-      loss = (1 - eps) * loss + eps * _safe_div(total, k)
-    else:
-      on_support = picked > -jnp.inf
-      k_off = k - on_support.astype(k.dtype)
-      off = eps * _safe_div(jnp.ones_like(k_off), k_off)
-      confidence = jnp.where(k_off > 0, jnp.asarray(1 - eps, k.dtype), jnp.ones_like(k))
-      loss = confidence * loss + off * (total - jnp.where(on_support, loss, jnp.zeros_like(loss)))
-      if t5x_normalize:
-        xlogx = lambda a: jnp.where(a > 0, a * jnp.log(jnp.where(a > 0, a, jnp.ones_like(a))), jnp.zeros_like(a))
-        loss = loss + xlogx(confidence) + jnp.where(k_off > 0, eps * jnp.log(jnp.where(k_off > 0, off, 1)), 0)
-  aux = {}
-  if lam > 0.0 or return_aux:
-    aux["z_loss"] = _z_loss(lse, lam)
-    loss = loss + aux["z_loss"]
+  wide = v.wide_labels(y)
+  in_range = (wide >= 0) & (wide < num_classes)
+  safe_y = jnp.where(in_range, wide, 0).astype(jnp.int32)
+  z = _masked(x, mask, -jnp.inf)
+  if cfg.soft_cap is not None:
+    z = _core.capped(z, cfg.soft_cap, _rows.compute_dtype(z.dtype))
+  # The one definition of the loss (jaxdiv._core) over whole rows; bf16 is read as it is.
+  loss = _row_losses.ce_rows(z, safe_y, ax, cfg)
   valid = jnp.ones(y.shape, bool) if mask is None else jnp.any(mask, axis=ax)
   if ignore_index is not None:
-    valid = valid & (y != ignore_index)
+    valid = valid & (wide != ignore_index)
   if class_weights is None:
     weight = valid.astype(loss.dtype)
   else:
@@ -293,8 +212,11 @@ def cross_entropy(
   out = _reduction.reduce(loss, reduction, weight=weight, normalizer=normalizer)
   if not return_aux:
     return out
+  (zc,) = v.to_compute(z)
+  log_probs, lse = _log_softmax_lse(zc, ax)
+  aux = {"z_loss": _core.z_loss_part(cfg, lse)}
   entropy_ = jnp.sum(_kernels.mul_safe(jnp.exp(log_probs), -log_probs), axis=ax)
-  accuracy = (jnp.argmax(z, axis=ax) == y).astype(loss.dtype)
+  accuracy = (jnp.argmax(zc, axis=ax) == wide).astype(loss.dtype)
   scale = weight if reduction != "none" else valid.astype(loss.dtype)
   if class_weights is not None:
     aux["z_loss"] = _kernels.mul_safe(weight, aux["z_loss"])
@@ -358,20 +280,17 @@ def soft_cross_entropy(
 def _soft_ce(x, target_probs, ax, mask, label_smoothing, z_loss, soft_cap, reduction, normalizer):
   """H(p, q) with the training options; ``target_probs()`` gives the masked p."""
   _reduction.check(reduction, normalizer)
-  eps = _concrete("label_smoothing", label_smoothing, 0.0, 1.0)
-  lam = _concrete("z_loss", z_loss, 0.0)
-  if eps == 0.0 and lam == 0.0 and soft_cap is None:
-    # The fused kernel: gradient (Σp)·softmax - p in one pass, bf16 read as is.
-    loss = _kernels.soft_cross_entropy_rows(_masked(x, mask, -jnp.inf), target_probs(), ax)
-    return _reduce(loss, mask, ax, reduction, normalizer)
-  (x,) = v.to_compute(x)
-  log_q, lse = _log_softmax_lse(_soft_capped(x, mask, soft_cap), ax)
-  loss = jnp.sum(_kernels.mul_safe(target_probs().astype(x.dtype), -log_q), axis=ax)
-  if eps > 0.0:
-    total, k = _uniform_term(log_q, ax)
-    loss = (1 - eps) * loss + eps * _safe_div(total, k)
-  if lam > 0.0:
-    z_term = _z_loss(lse, lam)
+  cfg = _options.ce_config(label_smoothing, "uniform", False, z_loss, soft_cap)
+  z = _masked(x, mask, -jnp.inf)
+  if cfg.soft_cap is not None:
+    z = _core.capped(z, cfg.soft_cap, _rows.compute_dtype(z.dtype))
+  # The fused kernel: gradient (Σp)·softmax - p in one pass, bf16 read as is.
+  loss = _kernels.soft_cross_entropy_rows(z, target_probs(), ax)
+  eps = cfg.label_smoothing
+  if eps > 0.0:  # the uniform part over the support, as jaxdiv.cross_entropy's smoothing
+    loss = _kernels.mul_safe(jnp.asarray(1 - eps, loss.dtype), loss) + eps * _row_losses.support_mean_rows(z, ax)
+  if cfg.z_loss:
+    z_term = _core.z_loss_part(cfg, _row_losses.lse_rows(z, ax))
     loss = loss + (z_term if mask is None else jnp.where(jnp.any(mask, axis=ax), z_term, 0))
   return _reduce(loss, mask, ax, reduction, normalizer)
 
@@ -421,10 +340,11 @@ def soft_cross_entropy_with_log_targets(
   return _soft_ce(x, target_probs, ax, mask, label_smoothing, z_loss, soft_cap, reduction, normalizer)
 
 
-def _kl(x, target, ax, mask, target_is_log):
+def _divergence(x, target, ax, mask, spec: _core.DivSpec):
+  """The divergence ``spec`` between the model ``x`` and the target, over whole rows (masked first)."""
   model = _masked(x, mask, -jnp.inf)
-  target = _masked(target, mask, -jnp.inf if target_is_log else 0)
-  return _kernels.kl_rows(target, model, ax, target_is_log)
+  target = _masked(target, mask, -jnp.inf if spec.teacher_is_log else 0)
+  return _row_losses.divergence_rows(model, target, ax, spec)
 
 
 _KL_NUMERICS = """
@@ -482,7 +402,8 @@ def kl_divergence(
   """
   _reduction.check(reduction, normalizer)
   x, p, ax, mask = _pair(logits, target_probs, "target_probs", axis, where, _INT_HINT, cast=False)
-  return _reduce(_kl(x, p, ax, mask, target_is_log=False), mask, ax, reduction, normalizer)
+  spec = _core.DivSpec("forward_kl", teacher_is_log=False)
+  return _reduce(_divergence(x, p, ax, mask, spec), mask, ax, reduction, normalizer)
 
 
 def kl_divergence_with_log_targets(
@@ -522,7 +443,7 @@ def kl_divergence_with_log_targets(
   """
   _reduction.check(reduction, normalizer)
   x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT, cast=False)
-  return _reduce(_kl(x, t, ax, mask, target_is_log=True), mask, ax, reduction, normalizer)
+  return _reduce(_divergence(x, t, ax, mask, _core.DivSpec("forward_kl")), mask, ax, reduction, normalizer)
 
 
 def reverse_kl_divergence(
@@ -561,7 +482,7 @@ def reverse_kl_divergence(
   """
   _reduction.check(reduction, normalizer)
   x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT, cast=False)
-  return _reduce(_kl(t, x, ax, mask, target_is_log=True), mask, ax, reduction, normalizer)
+  return _reduce(_divergence(x, t, ax, mask, _core.DivSpec("reverse_kl")), mask, ax, reduction, normalizer)
 
 
 def jensen_shannon_divergence(
@@ -621,20 +542,10 @@ def jensen_shannon_divergence(
     >>> jaxdiv.jensen_shannon_divergence(jnp.array([0.0, -jnp.inf]), jnp.array([-jnp.inf, 0.0]))
     Array(0.6931472, dtype=float32)
   """
-  try:
-    beta = float(beta)
-  except (TypeError, jax.errors.ConcretizationTypeError) as e:
-    raise TypeError(f"beta must be a concrete Python float in [0, 1]; got {beta!r}.") from e
-  if not 0.0 <= beta <= 1.0:
-    raise ValueError(f"beta must lie in [0, 1]; got {beta}.")
+  kind, beta = _options.divergence("jsd", beta)
   _reduction.check(reduction, normalizer)
   x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT, cast=False)
-  if beta == 0.0:
-    loss = _kl(x, t, ax, mask, target_is_log=True)
-  elif beta == 1.0:
-    loss = _kl(t, x, ax, mask, target_is_log=True)
-  else:  # the fused kernel: bf16 read as is, gradient in one pass
-    loss = _kernels.jsd_rows(_masked(t, mask, -jnp.inf), _masked(x, mask, -jnp.inf), beta, ax)
+  loss = _divergence(x, t, ax, mask, _core.DivSpec(kind, beta))
   return _reduce(loss, mask, ax, reduction, normalizer)
 
 

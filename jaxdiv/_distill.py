@@ -8,14 +8,13 @@ this module only adds the distillation conventions.
 
 from __future__ import annotations
 
-import operator
 from typing import Literal
 
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxdiv import _categorical, _kernels, _reduction
+from jaxdiv import _categorical, _kernels, _options, _reduction
 from jaxdiv import _validation as v
 from jaxdiv._reduction import Reduction
 
@@ -109,12 +108,10 @@ def distillation_loss(
     >>> print(f"{loss[0]:.6f}")
     0.353359
   """
-  if divergence not in ("forward_kl", "reverse_kl", "jsd"):
-    raise ValueError(f"divergence must be 'forward_kl', 'reverse_kl' or 'jsd'; got {divergence!r}.")
-  t_value = _categorical._concrete("temperature", temperature, 0.0)
-  if t_value == 0.0:
-    raise ValueError("temperature must be positive; got 0.0.")
-  alpha = _categorical._concrete("alpha", alpha, 0.0, 1.0)
+  kind, beta = _options.divergence(divergence, beta)
+  t_value = _options.temperature(temperature)
+  alpha = _options.scalar("alpha", alpha, 0.0, 1.0)
+  ignore_index = _options.ignore_index(ignore_index)
   _reduction.check(reduction, normalizer)
   z = v.as_floating("student_logits", student_logits)
   t = v.as_floating("teacher_logits", teacher_logits, _categorical._INT_HINT)
@@ -126,9 +123,9 @@ def distillation_loss(
     t = jax.lax.stop_gradient(t)
   kw = {"axis": ax, "where": mask}
   zs, ts = z / t_value, t / t_value
-  if divergence == "forward_kl":
+  if kind == "forward_kl":
     loss = _categorical.kl_divergence_with_log_targets(zs, ts, **kw)
-  elif divergence == "reverse_kl":
+  elif kind == "reverse_kl":
     loss = _categorical.reverse_kl_divergence(zs, ts, **kw)
   else:
     loss = _categorical.jensen_shannon_divergence(zs, ts, beta=beta, **kw)
@@ -138,9 +135,11 @@ def distillation_loss(
   if labels is not None:
     y = v.as_integer("labels", labels)
     hard = _categorical.cross_entropy(z, y, ignore_index=ignore_index, **kw)
-    loss = alpha * hard + (1 - alpha) * loss
+    # A zero weight on an infinite term (a label on a masked class, alpha = 0) is 0, not NaN.
+    loss = _kernels.mul_safe(jnp.asarray(alpha, loss.dtype), hard) + _kernels.mul_safe(
+        jnp.asarray(1 - alpha, loss.dtype), loss)
     if ignore_index is not None:
-      valid = valid & (y != operator.index(ignore_index))
+      valid = valid & (v.wide_labels(y) != ignore_index)
   loss = jnp.where(valid, loss, 0)
   return _reduction.reduce(loss, reduction, weight=valid.astype(loss.dtype), normalizer=normalizer)
 
@@ -215,8 +214,7 @@ def top_k_kl_divergence(
     >>> print(f"{jaxdiv.top_k_kl_divergence(logits, ids, log_probs, tail='rest_bucket'):.6f}")
     0.010918
   """
-  if tail not in ("renormalize", "rest_bucket"):
-    raise ValueError(f"tail must be 'renormalize' or 'rest_bucket'; got {tail!r}.")
+  _options.choice("tail", tail, ("renormalize", "rest_bucket"))
   _reduction.check(reduction, normalizer)
   x = v.as_floating("logits", logits)
   ax = v.class_axis(axis, x.ndim)
@@ -237,7 +235,11 @@ def top_k_kl_divergence(
   x = jnp.moveaxis(_categorical._masked(x, mask, -jnp.inf), ax, -1)
   ids, lp = jnp.moveaxis(ids, ax, -1), jnp.moveaxis(lp, ax, -1)
   num_classes = x.shape[-1]
-  ids = jnp.clip(ids, 0, num_classes - 1)
+  # Ids follow the label contract: compared in a wide type (no int8 wrap); an
+  # out-of-range id makes its example NaN with zero gradient, never another class.
+  wide = v.wide_labels(ids)
+  bad_id = jnp.any((wide < 0) | (wide >= num_classes), axis=-1)
+  ids = jnp.clip(wide, 0, num_classes - 1).astype(jnp.int32)
   student = jnp.take_along_axis(x, ids, axis=-1)
   teacher = lp
   if tail == "rest_bucket":
@@ -251,6 +253,7 @@ def top_k_kl_divergence(
     student = jnp.concatenate([student, student_rest], axis=-1)
     teacher = jnp.concatenate([teacher, teacher_rest], axis=-1)
   loss = _categorical.kl_divergence_with_log_targets(student, teacher)
+  loss = jnp.where(bad_id, jnp.nan, loss)
   valid = jnp.ones(loss.shape, bool) if mask is None else jnp.any(jnp.moveaxis(mask, ax, -1), axis=-1)
   loss = jnp.where(valid, loss, 0)
   return _reduction.reduce(loss, reduction, weight=valid.astype(loss.dtype), normalizer=normalizer)

@@ -34,12 +34,13 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxdiv import _categorical, _kernels, _reduction
+from jaxdiv import _core, _options, _reduction, _row_losses, _rows
 from jaxdiv import _validation as v
+from jaxdiv._core import CEConfig, DivSpec
 
 Mode = Literal["auto", "fast", "low_memory"]
 Reduction = _reduction.Reduction
-Divergence = Literal["kl", "reverse_kl", "jsd"]
+Divergence = _options.Divergence
 
 # Default blocks of logits: 44 MiB of float32 for the fast mode (fewer read-modify-writes of the [D, V]
 # accumulator; measured by `python -m jaxdiv bench-fused`), 32 MiB for the low-memory mode.
@@ -48,19 +49,25 @@ _LOW_MEMORY_BLOCK_ELEMENTS = 1 << 23
 
 
 class Spec(NamedTuple):
-  """Static description of one fused loss (hashable: it is a ``nondiff_argnum``)."""
+  """Static description of one fused loss (hashable: it is a ``nondiff_argnum``).
 
-  loss: str  # "ce", "kl", "reverse_kl" or "jsd"
+  ``loss`` is the loss itself, defined once in :mod:`jaxdiv._core`: a
+  :class:`~jaxdiv._core.CEConfig` (cross-entropy against labels) or a
+  :class:`~jaxdiv._core.DivSpec` (a divergence from a teacher). This module
+  only decides where the blocks of logits come from.
+  """
+
+  loss: CEConfig | DivSpec
   teacher: str  # "labels", "logits" or "hidden"
   block: int
   vocab_size: int  # global V (differs from the local weight's V under vocab sharding)
-  label_smoothing: float = 0.0
-  z_loss: float = 0.0
-  soft_cap: float | None = None
   temperature: float = 1.0
-  beta: float = 0.5
   axis_name: Any = None  # vocab mesh axis (inside shard_map) or None
   token_axis: Any = None  # token mesh axis (inside shard_map) or None
+
+  @property
+  def is_ce(self) -> bool:
+    return isinstance(self.loss, CEConfig)
 
 
 # --------------------------------------------------------------------------- #
@@ -90,30 +97,8 @@ def _cols(x: jax.Array, start, size: int) -> jax.Array:
   return jax.lax.dynamic_slice_in_dim(x, start, size, axis=x.ndim - 1)
 
 
-def _rows(x: jax.Array, start, size: int) -> jax.Array:
+def _row_slice(x: jax.Array, start, size: int) -> jax.Array:
   return jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
-
-
-def _finite_or_zero(x: jax.Array) -> jax.Array:
-  return jnp.where(jnp.isfinite(x), x, jnp.zeros_like(x))
-
-
-def _capped(spec: Spec, z: jax.Array) -> jax.Array:
-  return z if spec.soft_cap is None else spec.soft_cap * jnp.tanh(z / spec.soft_cap)
-
-
-def _cap_slope(spec: Spec, capped: jax.Array) -> jax.Array | float:
-  """d capped / d raw, from the capped logits."""
-  if spec.soft_cap is None:
-    return 1.0
-  r = capped / spec.soft_cap
-  return 1 - r * r
-
-
-def _vocab_offset(spec: Spec, local_vocab: int):
-  if spec.axis_name is None:
-    return 0
-  return jax.lax.axis_index(spec.axis_name) * local_vocab
 
 
 def _varying(spec: Spec, carry):
@@ -131,42 +116,38 @@ def _psum(x, axis):
 # --------------------------------------------------------------------------- #
 
 
-def _row_losses(spec: Spec, z: jax.Array, aux: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Per-token loss and (student) logsumexp for a ``[B, V]`` block of raw logits."""
-  if spec.loss == "ce":
-    zc = _capped(spec, z)
-    log_probs, shift, log_sum = _kernels.log_softmax(zc, 1)
-    lse = (shift + log_sum)[:, 0]
-    in_range = (aux >= 0) & (aux < spec.vocab_size)
-    index = jnp.where(in_range, aux, 0)[:, None]
-    loss = -jnp.take_along_axis(log_probs, index, axis=1)[:, 0]
-    if spec.label_smoothing:
-      eps = spec.label_smoothing
-      loss = (1 - eps) * loss - eps * jnp.mean(log_probs, axis=1)
-    if spec.z_loss:
-      loss = loss + spec.z_loss * lse * lse
-    return jnp.where(in_range, loss, jnp.nan), lse
-  zt, tt = z / spec.temperature, aux / spec.temperature
-  _, shift, log_sum = _kernels.log_softmax(zt, 1)
-  if spec.loss == "kl":
-    loss = _categorical.kl_divergence_with_log_targets(zt, tt)
-  elif spec.loss == "reverse_kl":
-    loss = _categorical.reverse_kl_divergence(zt, tt)
-  else:
-    loss = _categorical.jensen_shannon_divergence(zt, tt, beta=spec.beta)
-  return loss, (shift + log_sum)[:, 0]
+def _ce_block(spec: Spec, z: jax.Array, labels: jax.Array, start, v_local: int) -> tuple[jax.Array, jax.Array]:
+  """Capped logits of a block and the label's index in it (``[rows, 1]``; outside ``[0, size)`` if elsewhere).
+
+  ``start`` is the block's first column in this device's ``v_local`` classes.
+  """
+  cfg = spec.loss
+  zc = _core.capped(z, cfg.soft_cap, z.dtype)
+  local = labels[:, None] - (_rows.local_offset(v_local, spec.axis_name) + start)
+  return zc, local
+
+
+def _ce_dlogits(spec: Spec, zc: jax.Array, local: jax.Array, st: _core.CEStats) -> jax.Array:
+  """``∂loss/∂raw logits`` of a block, from the capped logits and the finished statistics."""
+  cfg = spec.loss
+  onehot = jax.lax.broadcasted_iota(jnp.int32, zc.shape, 1) == local
+  return _core.ce_coefficient(cfg, zc, onehot, st) * _core.cap_slope(zc, cfg.soft_cap)
+
+
+def _in_range(spec: Spec, labels: jax.Array) -> jax.Array:
+  return (labels >= 0) & (labels < spec.vocab_size)
 
 
 def _teacher_block(spec: Spec, aux: tuple, start, size: int, cols: bool) -> jax.Array:
   """The target for a block: labels / teacher logits (rows or columns), or teacher logits from hidden."""
-  pick = _cols if cols else _rows
+  pick = _cols if cols else _row_slice
   if spec.teacher in ("labels", "logits"):
     (t,) = aux
     return pick(t, start, size) if (spec.teacher == "logits" or not cols) else t
   th, tw, tb = aux
   if cols:
     return _dot(th, _cols(tw, start, size).astype(th.dtype), (1, 0)) + _cols(tb, start, size)[None, :]
-  return _dot(_rows(th, start, size), tw, (1, 0)) + tb[None, :]
+  return _dot(_row_slice(th, start, size), tw, (1, 0)) + tb[None, :]
 
 
 # --------------------------------------------------------------------------- #
@@ -181,18 +162,22 @@ def _token_pass(spec: Spec, h, w, b, aux, coef):
 
   def body(carry, start, size):
     total, loss, lse, dh, dw, db = carry
-    hb = _rows(h, start, size)
+    hb = _row_slice(h, start, size)
     z = _dot(hb, w, (1, 0)) + b[None, :]
-    cb = _rows(coef, start, size)
+    cb = _row_slice(coef, start, size)
     target = _teacher_block(spec, aux, start, size, cols=False)
-    if spec.loss == "ce":  # the closed-form gradient: one pass over the block, no scatter
-      lb, lse_b = _row_losses(spec, z, target)
-      in_range = (target >= 0) & (target < spec.vocab_size)
-      scale = jnp.where(in_range, cb, 0)[:, None]
-      dz = scale * _vocab_dlogits(spec, z, 0, v_size, (target,), (lse_b, None), 0)
+    if spec.is_ce:  # the closed-form gradient: one pass over the block, no scatter
+      zc, local = _ce_block(spec, z, target, 0, v_size)
+      st = _core.ce_finish(_core.ce_block(spec.loss, zc, local))
+      lb = jnp.where(_in_range(spec, target), _core.ce_value(spec.loss, st)[:, 0], jnp.nan)
+      lse_b = _core.ce_lse(st)[:, 0]
+      dz = jnp.where(_in_range(spec, target), cb, 0)[:, None] * _ce_dlogits(spec, zc, local, st)
     else:
-      lb, vjp, lse_b = jax.vjp(lambda z: _row_losses(spec, z, target), z, has_aux=True)
+      inv_t = 1.0 / spec.temperature
+      row = lambda z: _row_losses.divergence_rows(z * inv_t, target * inv_t, 1, spec.loss)
+      lb, vjp = jax.vjp(row, z)
       (dz,) = vjp(cb)
+      lse_b = jnp.zeros_like(lb)
     total = total + jnp.sum(jnp.where(cb != 0, cb * lb, 0))
     loss = jax.lax.dynamic_update_slice_in_dim(loss, lb, start, 0)
     lse = jax.lax.dynamic_update_slice_in_dim(lse, lse_b, start, 0)
@@ -230,33 +215,6 @@ _token_core.defvjp(_token_fwd, _token_bwd)
 # --------------------------------------------------------------------------- #
 
 
-def _lse_step(m, s, x):
-  """One online-logsumexp step over the columns of ``x``."""
-  m_new = jnp.maximum(m, jnp.max(x, axis=1))
-  shift = _finite_or_zero(m_new)
-  s = s * jnp.exp(m - shift) + jnp.sum(jnp.exp(x - shift[:, None]), axis=1)
-  return m_new, s
-
-
-def _lse_finish(m, s, axis):
-  """``(shift, log_sum)`` of the logsumexp, combined across ``axis`` (pmax / psum)."""
-  if axis is not None:
-    m_all = jax.lax.pmax(m, axis)
-    s = jax.lax.psum(s * jnp.exp(m - _finite_or_zero(m_all)), axis)
-    m = m_all
-  return _finite_or_zero(m), jnp.log(s)
-
-
-def divergence_terms(spec: Spec, log_p, log_q):
-  if spec.loss == "kl":
-    return _kernels.kl_terms(log_p, log_q, True)
-  if spec.loss == "reverse_kl":
-    return _kernels.kl_terms(log_q, log_p, True)
-  log_m = _kernels.log_mix(log_p, log_q, spec.beta)
-  beta = spec.beta
-  return beta * _kernels.kl_terms(log_p, log_m, True) + (1 - beta) * _kernels.kl_terms(log_q, log_m, True)
-
-
 def _student_block(spec, h, w, b, start, size):
   """Raw student logits for vocabulary columns ``[start, start + size)`` of the local weight."""
   return _dot(h, _cols(w, start, size).astype(h.dtype), (1, 0)) + _cols(b, start, size)[None, :]
@@ -267,87 +225,58 @@ def _vocab_pass(spec: Spec, h, w, b, aux):
   n = h.shape[0]
   v_local = w.shape[1]
   dt = h.dtype
-  offset = _vocab_offset(spec, v_local)
-  zeros = jnp.zeros((n,), dt)
-  neg_inf = jnp.full((n,), -jnp.inf, dt)
+  zeros = jnp.zeros((n, 1), dt)
+  neg_inf = jnp.full((n, 1), -jnp.inf, dt)
 
-  if spec.loss == "ce":
+  if spec.is_ce:
     (labels,) = aux
 
     def body(carry, start, size):
-      m, s, picked, total = carry
-      z = _capped(spec, _student_block(spec, h, w, b, start, size))
-      m, s = _lse_step(m, s, z)
-      local = labels - (offset + start)
-      hit = (local >= 0) & (local < size)
-      got = jnp.take_along_axis(z, jnp.clip(local, 0, size - 1)[:, None], axis=1)[:, 0]
-      picked = picked + jnp.where(hit, got, 0)
-      if spec.label_smoothing:
-        total = total + jnp.sum(z, axis=1)
-      return m, s, picked, total
+      zc, local = _ce_block(spec, _student_block(spec, h, w, b, start, size), labels, start, v_local)
+      return _core.ce_merge(carry, _core.ce_block(spec.loss, zc, local))
 
-    init = _varying(spec, (neg_inf, zeros, zeros, zeros))
-    m, s, picked, total = _for_blocks(v_local, spec.block, body, init)
-    shift, log_sum = _lse_finish(m, s, spec.axis_name)
-    picked, total = _psum(picked, spec.axis_name), _psum(total, spec.axis_name)
-    loss = log_sum - (picked - shift)
-    if spec.label_smoothing:
-      eps = spec.label_smoothing
-      loss = (1 - eps) * loss + eps * (log_sum - (total / spec.vocab_size - shift))
-    lse = shift + log_sum
-    if spec.z_loss:
-      loss = loss + spec.z_loss * lse * lse
-    in_range = (labels >= 0) & (labels < spec.vocab_size)
-    return jnp.where(in_range, loss, jnp.nan), lse, (lse, zeros)
+    init = _varying(spec, _core.CEPartial(neg_inf, zeros, zeros, zeros, zeros))
+    st = _core.ce_finish(_core.ce_all_reduce(_for_blocks(v_local, spec.block, body, init), spec.axis_name))
+    loss = jnp.where(_in_range(spec, labels), _core.ce_value(spec.loss, st)[:, 0], jnp.nan)
+    return loss, _core.ce_lse(st)[:, 0], st
 
   inv_t = 1.0 / spec.temperature
+  student = lambda start, size: _student_block(spec, h, w, b, start, size) * inv_t
+  teacher = lambda start, size: _teacher_block(spec, aux, start, size, cols=True) * inv_t
 
   def lse_body(carry, start, size):
-    mz, sz, mt, st = carry
-    mz, sz = _lse_step(mz, sz, _student_block(spec, h, w, b, start, size) * inv_t)
-    mt, st = _lse_step(mt, st, _teacher_block(spec, aux, start, size, cols=True) * inv_t)
-    return mz, sz, mt, st
+    return (_rows.lse_merge(carry[0], _rows.lse_block(student(start, size))),
+            _rows.lse_merge(carry[1], _rows.lse_block(teacher(start, size))))
 
-  init = _varying(spec, (neg_inf, zeros, neg_inf, zeros))
-  mz, sz, mt, st = _for_blocks(v_local, spec.block, lse_body, init)
-  lse_z = sum(_lse_finish(mz, sz, spec.axis_name))
-  lse_t = sum(_lse_finish(mt, st, spec.axis_name))
+  init = _varying(spec, ((neg_inf, zeros), (neg_inf, zeros)))
+  pairs = _for_blocks(v_local, spec.block, lse_body, init)
+  (m_s, s_s), (m_t, s_t) = (_rows.lse_all_reduce(p, spec.axis_name) for p in pairs)
+  stats = (_rows.finite_or_zero(m_s), _rows.log_norm(s_s), _rows.finite_or_zero(m_t), _rows.log_norm(s_t))
+  kinds = _core.div_kinds(spec.loss)
+  reducers = tuple(jnp.sum if k == "sum" else jnp.max for k in kinds)
 
   def value_body(carry, start, size):
-    total, grad_sum = carry
-    log_q = _student_block(spec, h, w, b, start, size) * inv_t - lse_z[:, None]
-    log_p = _teacher_block(spec, aux, start, size, cols=True) * inv_t - lse_t[:, None]
-    terms, vjp = jax.vjp(lambda lq: divergence_terms(spec, log_p, lq), log_q)
-    (a,) = vjp(jnp.ones_like(terms))
-    return total + jnp.sum(terms, axis=1), grad_sum + jnp.sum(a, axis=1)
+    terms = _core.div_elementwise(spec.loss, student(start, size), teacher(start, size), stats, dt)
+    block = tuple(r(t, axis=1, keepdims=True) for r, t in zip(reducers, terms, strict=True))
+    return tuple(c + t if k == "sum" else jnp.maximum(c, t) for c, t, k in zip(carry, block, kinds, strict=True))
 
-  total, grad_sum = _for_blocks(v_local, spec.block, value_body, _varying(spec, (zeros, zeros)))
-  total, grad_sum = _psum(total, spec.axis_name), _psum(grad_sum, spec.axis_name)
-  return total, lse_z, (jnp.stack([lse_z, lse_t]), grad_sum)
+  init = _varying(spec, tuple(zeros if k == "sum" else neg_inf for k in kinds))
+  sums = _for_blocks(v_local, spec.block, value_body, init)
+  sums = tuple(_rows.all_reduce(t, k, spec.axis_name) for t, k in zip(sums, kinds, strict=True))
+  value, residual = _core.div_finish(spec.loss, sums)
+  return value[:, 0], (m_s + jnp.log(s_s))[:, 0], (stats, residual)
 
 
-def _vocab_dlogits(spec: Spec, z, start, size, aux, stats, offset):
+def _vocab_dlogits(spec: Spec, z, start, size, aux, stats, v_local: int):
   """d loss / d raw logits for one vocabulary block, per unit cotangent."""
-  if spec.loss == "ce":
-    (labels,) = aux
-    lse, _ = stats
-    zc = _capped(spec, z)
-    q = jnp.exp(zc - lse[:, None])
-    eps = spec.label_smoothing
-    dz = q * (1 + 2 * spec.z_loss * lse)[:, None] if spec.z_loss else q
-    local = labels - (offset + start)
-    onehot = (local[:, None] == jnp.arange(size, dtype=local.dtype)[None, :]).astype(z.dtype)
-    dz = dz - (1 - eps) * onehot
-    if eps:
-      dz = dz - eps / spec.vocab_size
-    return dz * _cap_slope(spec, zc)
-  lses, grad_sum = stats
+  if spec.is_ce:
+    zc, local = _ce_block(spec, z, aux[0], start, v_local)
+    return _ce_dlogits(spec, zc, local, stats)
   inv_t = 1.0 / spec.temperature
-  log_q = z * inv_t - lses[0][:, None]
-  log_p = _teacher_block(spec, aux, start, size, cols=True) * inv_t - lses[1][:, None]
-  terms, vjp = jax.vjp(lambda lq: divergence_terms(spec, log_p, lq), log_q)
-  (a,) = vjp(jnp.ones_like(terms))
-  return (a - jnp.exp(log_q) * grad_sum[:, None]) * inv_t
+  (row_stats, residual) = stats
+  teacher = _teacher_block(spec, aux, start, size, cols=True) * inv_t
+  c_student, _ = _core.div_coefficients(spec.loss, z * inv_t, teacher, row_stats, residual, z.dtype)
+  return c_student * inv_t
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
@@ -365,16 +294,15 @@ def _vocab_fwd(spec, h, w, b, aux):
 def _vocab_bwd(spec, res, ct):
   h, w, b, aux, stats = res
   g = ct[0]
-  if spec.loss == "ce":  # an out-of-range label has a NaN loss and zero gradient
-    g = jnp.where((aux[0] >= 0) & (aux[0] < spec.vocab_size), g, 0)
+  if spec.is_ce:  # an out-of-range label has a NaN loss and zero gradient
+    g = jnp.where(_in_range(spec, aux[0]), g, 0)
   n, d = h.shape
   v_local = w.shape[1]
-  offset = _vocab_offset(spec, v_local)
 
   def body(carry, start, size):
     dh, dw, db = carry
     z = _student_block(spec, h, w, b, start, size)
-    dz = g[:, None] * _vocab_dlogits(spec, z, start, size, aux, stats, offset)
+    dz = g[:, None] * _vocab_dlogits(spec, z, start, size, aux, stats, v_local)
     dh = dh + _dot(dz, _cols(w, start, size).astype(h.dtype), (1, 1))
     dw = jax.lax.dynamic_update_slice_in_dim(dw, _dot(h, dz, (0, 0)).astype(w.dtype), start, 1)
     db = jax.lax.dynamic_update_slice_in_dim(db, jnp.sum(dz, axis=0), start, 0)
@@ -416,28 +344,9 @@ def check_linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None, p
 
 def linear_dtypes(h, w, b):
   """Compute dtype (f32, or f64 if any input is f64), hidden and bias cast to it, bias zeros if None."""
-  dt = _kernels.compute_dtype(h.dtype, w.dtype, *(() if b is None else (b.dtype,)))
+  dt = _rows.compute_dtype(h.dtype, w.dtype, *(() if b is None else (b.dtype,)))
   b = jnp.zeros((w.shape[1],), dt) if b is None else b.astype(dt)
   return dt, h.astype(dt), b
-
-
-def check_choice(name: str, value: Any, choices: tuple) -> None:
-  if value not in choices:
-    raise ValueError(f"{name} must be one of {list(choices)}; got {value!r}.")
-
-
-def check_float(
-    name: str, value: Any, low: float, high: float | None = None, *, open_low: bool = False
-) -> float:
-  """``value`` as a concrete float in ``[low, high]`` (``(low, ...`` with ``open_low``)."""
-  try:
-    x = float(value)
-  except (TypeError, jax.errors.ConcretizationTypeError) as e:
-    raise TypeError(f"{name} must be a concrete Python float; got {value!r}.") from e
-  if (x <= low if open_low else x < low) or (high is not None and x > high):
-    bounds = f"({low}, " if open_low else f"[{low}, "
-    raise ValueError(f"{name} must lie in {bounds}{'inf)' if high is None else str(high) + ']'}; got {x}.")
-  return x
 
 
 def block_size(name: str, requested: int | None, other: int, total: int) -> int:
@@ -446,13 +355,11 @@ def block_size(name: str, requested: int | None, other: int, total: int) -> int:
     elements = _FAST_BLOCK_ELEMENTS if name == "token_block" else _LOW_MEMORY_BLOCK_ELEMENTS
     elements = min(elements, other * total // 16)  # and at most 1/16 of the logits
     return max(1, min(total, max(8, elements // max(other, 1))))
-  if isinstance(requested, bool) or not isinstance(requested, int) or requested < 1:
-    raise ValueError(f"{name} must be a positive int; got {requested!r}.")
-  return min(requested, max(total, 1))
+  return min(_options.block(name, requested), max(total, 1))
 
 
 def choose_mode(mode: str, reduction: str, n: int, d: int) -> str:
-  check_choice("mode", mode, ("auto", "fast", "low_memory"))
+  _options.choice("mode", mode, ("auto", "fast", "low_memory"))
   if mode == "fast" and reduction == "none":
     raise ValueError(
         "mode='fast' forms the gradients in the forward pass and needs a scalar loss: use reduction='sum' or "
@@ -497,9 +404,8 @@ def prepare_labels(labels, token_shape, ignore_index, shift_labels, class_weight
         f"labels must have the shape of hidden without its last axis, {list(token_shape)}; "
         f"got {list(y.shape)}."
     )
-  if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-    raise TypeError(f"ignore_index must be an int or None; got {ignore_index!r}.")
-  y = y.astype(jnp.int32)
+  ignore_index = _options.ignore_index(ignore_index)
+  y = v.wide_labels(y)  # no silent narrowing: range checks in a wide type, then int32 indices
   active = jnp.ones(y.shape, bool) if ignore_index is None else y != ignore_index
   if shift_labels:
     if y.ndim == 0 or y.shape[-1] == 0:
@@ -507,14 +413,15 @@ def prepare_labels(labels, token_shape, ignore_index, shift_labels, class_weight
     y = jnp.concatenate([y[..., 1:], y[..., :1]], axis=-1)
     active = jnp.concatenate([active[..., 1:], jnp.zeros_like(active[..., :1])], axis=-1)
   y, active = y.reshape(-1), active.reshape(-1)
-  safe = jnp.where(active, y, 0)
+  in_range = (y >= 0) & (y < vocab_size)
+  # An out-of-range label that is counted becomes -1: a NaN loss with zero gradient, never another class.
+  safe = jnp.where(active, jnp.where(in_range, y, -1), 0).astype(jnp.int32)
   if class_weights is None:
     weights = active.astype(dt)
   else:
     cw = v.as_floating("class_weights", class_weights)
     if cw.shape != (vocab_size,):
       raise ValueError(f"class_weights must have shape [V] = [{vocab_size}]; got {list(cw.shape)}.")
-    in_range = (safe >= 0) & (safe < vocab_size)
     picked = jnp.take(cw.astype(dt), jnp.clip(safe, 0, vocab_size - 1))
     weights = jnp.where(active, jnp.where(in_range, picked, 1), 0)
   return safe, active, jax.lax.stop_gradient(weights)
@@ -623,9 +530,7 @@ def fused_linear_cross_entropy(
   """
   h, w, b = check_linear(hidden, weight, bias)
   _reduction.check(reduction, normalizer)
-  eps = check_float("label_smoothing", label_smoothing, 0.0, 1.0)
-  lam = check_float("z_loss", z_loss, 0.0)
-  cap = None if soft_cap is None else check_float("soft_cap", soft_cap, 0.0, open_low=True)
+  cfg = _options.ce_config(label_smoothing, "uniform", False, z_loss, soft_cap)
   token_shape = h.shape[:-1]
   d, vocab = w.shape
   dt, h32, b32 = linear_dtypes(h, w, b)
@@ -636,7 +541,7 @@ def fused_linear_cross_entropy(
   mode = choose_mode(mode, reduction, n, d)
   block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
       "vocab_block", vocab_block, n, vocab)
-  spec = Spec("ce", "labels", block, vocab, eps, lam, cap)
+  spec = Spec(cfg, "labels", block, vocab)
   out, _, lse = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, (y,), weights, active)
   return (out, lse.reshape(token_shape)) if return_lse else out
 
@@ -649,7 +554,7 @@ def fused_linear_distillation(
     bias: ArrayLike | None = None,
     teacher_weight: ArrayLike | None = None,
     teacher_bias: ArrayLike | None = None,
-    divergence: Divergence = "kl",
+    divergence: Divergence = "forward_kl",
     beta: float = 0.5,
     temperature: float = 1.0,
     where: ArrayLike | None = None,
@@ -665,7 +570,8 @@ def fused_linear_distillation(
   ``p = softmax(t/T)``, where ``t`` is ``teacher`` (logits ``[..., V]``) or
   ``teacher @ teacher_weight + teacher_bias`` (teacher hidden states):
 
-  * ``"kl"``: ``KL(p ‖ q)`` (forward, as :func:`jaxdiv.kl_divergence_with_log_targets`);
+  * ``"forward_kl"``: ``KL(p ‖ q)`` (as :func:`jaxdiv.kl_divergence_with_log_targets`; ``"kl"`` is
+    the deprecated old spelling);
   * ``"reverse_kl"``: ``KL(q ‖ p)`` (as :func:`jaxdiv.reverse_kl_divergence`);
   * ``"jsd"``: ``JSD_β = β KL(p‖m) + (1-β) KL(q‖m)``, ``m = βp + (1-β)q``
     (as :func:`jaxdiv.jensen_shannon_divergence`, with its ``β = 0, 1`` ends).
@@ -679,7 +585,8 @@ def fused_linear_distillation(
     teacher_weight: teacher unembedding ``[D_t, V]``, or None if ``teacher``
       holds logits.
     teacher_bias: optional teacher bias ``[V]``.
-    divergence: ``"kl"``, ``"reverse_kl"`` or ``"jsd"``.
+    divergence: ``"forward_kl"``, ``"reverse_kl"`` or ``"jsd"`` (the vocabulary of
+      :func:`jaxdiv.distillation_loss`).
     beta: the teacher's weight in the JSD mixture, in ``[0, 1]``.
     temperature: ``T > 0``, dividing both logits. (Multiply the result by
       ``T**2`` yourself for Hinton's gradient scale.)
@@ -695,14 +602,13 @@ def fused_linear_distillation(
     (``hidden.shape[:-1]``), float32 (float64 for float64 inputs).
 
   Numerics:
-    The fast (token-block) mode applies jaxdiv's materialised row functions to
-    each block, so it has their accuracy (the accurate non-negative KL form).
-    The low-memory (vocabulary-block) mode sums the same non-negative terms
-    from log-probabilities normalised by an online logsumexp: equal to the
-    materialised result to float32 rounding for ordinary divergences, but
-    without :func:`jaxdiv.kl_divergence_with_log_targets`' renormalisation, so
-    a tiny KL (< 1e-6) between nearly equal distributions keeps only absolute
-    accuracy of order 1e-7. The teacher is a constant: it receives no gradient
+    Both modes compute the one definition of each divergence
+    (:mod:`jaxdiv._core`) that :func:`jaxdiv.kl_divergence_with_log_targets`,
+    :func:`jaxdiv.reverse_kl_divergence` and
+    :func:`jaxdiv.jensen_shannon_divergence` compute: the fast mode over whole
+    rows of a token block, the low-memory mode from an online logsumexp and
+    block sums. Their accuracy is the same, a tiny KL (5e-9) between nearly
+    equal distributions included. The teacher is a constant: it receives no gradient
     (as under ``jax.lax.stop_gradient``).
 
   Transforms:
@@ -718,15 +624,14 @@ def fused_linear_distillation(
     >>> h = jax.random.normal(jax.random.key(0), (6, 4))
     >>> w = jax.random.normal(jax.random.key(1), (4, 10))
     >>> t = jax.random.normal(jax.random.key(2), (6, 10))
-    >>> fused = jaxdiv.fused_linear_distillation(h, w, t, divergence="kl", reduction="none")
+    >>> fused = jaxdiv.fused_linear_distillation(h, w, t, divergence="forward_kl", reduction="none")
     >>> bool(jnp.allclose(fused, jaxdiv.kl_divergence_with_log_targets(h @ w, t), rtol=1e-6))
     True
   """
   h, w, b = check_linear(hidden, weight, bias)
-  check_choice("divergence", divergence, ("kl", "reverse_kl", "jsd"))
+  kind, beta = _options.divergence(divergence, beta)
   _reduction.check(reduction, normalizer)
-  beta = check_float("beta", beta, 0.0, 1.0)
-  temp = check_float("temperature", temperature, 0.0, open_low=True)
+  temp = _options.temperature(temperature)
   d, vocab = w.shape
   token_shape = h.shape[:-1]
   if teacher_weight is None:
@@ -740,10 +645,10 @@ def fused_linear_distillation(
           f"got {list(t.shape)}. Pass teacher_weight if teacher holds hidden states."
       )
     dt, h32, b32 = linear_dtypes(h, w, b)
-    dt = _kernels.compute_dtype(dt, t.dtype)
+    dt = _rows.compute_dtype(dt, t.dtype)
     h32, b32 = h32.astype(dt), b32.astype(dt)
     aux = (jax.lax.stop_gradient(t.astype(dt).reshape(-1, vocab)),)
-    kind = "logits"
+    teacher_kind = "logits"
   else:
     th, tw, tb = check_linear(teacher, teacher_weight, teacher_bias, prefix="teacher_")
     if tw.shape[1] != vocab or th.shape[:-1] != token_shape:
@@ -754,22 +659,18 @@ def fused_linear_distillation(
       )
     dt, h32, b32 = linear_dtypes(h, w, b)
     dt_t, th32, tb32 = linear_dtypes(th, tw, tb)
-    dt = _kernels.compute_dtype(dt, dt_t)
+    dt = _rows.compute_dtype(dt, dt_t)
     h32, b32 = h32.astype(dt), b32.astype(dt)
     aux = jax.lax.stop_gradient((th32.astype(dt).reshape(-1, th.shape[-1]), tw, tb32.astype(dt)))
-    kind = "hidden"
-  if beta == 0.0 and divergence == "jsd":
-    divergence = "kl"
-  elif beta == 1.0 and divergence == "jsd":
-    divergence = "reverse_kl"
+    teacher_kind = "hidden"
   mask = jnp.ones(token_shape, bool) if where is None else v.mask(where, token_shape)
   mask = mask.reshape(-1)
   h32 = h32.reshape(-1, d)
   n = h32.shape[0]
   mode = choose_mode(mode, reduction, n, d)
-  if mode == "fast" and kind == "hidden":
+  if mode == "fast" and teacher_kind == "hidden":
     aux = (aux[0], aux[1].astype(dt), aux[2])
   block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
       "vocab_block", vocab_block, n, vocab)
-  spec = Spec(divergence, kind, block, vocab, temperature=temp, beta=beta)
+  spec = Spec(DivSpec(kind, beta), teacher_kind, block, vocab, temperature=temp)
   return run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, aux, mask.astype(dt), mask)[0]

@@ -105,16 +105,24 @@ def phi(d: jax.Array) -> jax.Array:
     >>> print(f"{float(phi(jnp.float32(1e-4))):.7e}")  # d²/2 + d³/6
     5.0001665e-09
   """
-  dtype = _float_dtype(d)
+  _float_dtype(d)  # an integer input is refused by name before any arithmetic
   small = jnp.abs(d) < _PHI_SWITCH
   ds = jnp.where(small, d, 0)
-  terms = phi_terms(dtype)
-  series = jnp.full_like(ds, 1.0 / math.factorial(terms + 1))
-  for k in range(terms, 1, -1):  # 1/2! + d/3! + … + d^{terms-1}/(terms+1)!
-    series = 1.0 / math.factorial(k) + ds * series
   dl = jnp.where(small, 1, d)
   direct = jnp.where(dl == jnp.inf, jnp.inf, jnp.expm1(dl) - dl)
-  return jnp.where(small, ds * ds * series, direct)
+  return jnp.where(small, phi_series(ds), direct)
+
+
+def phi_series(d: jax.Array) -> jax.Array:
+  """The series part of :func:`phi` alone, for ``|d| < 1`` (no ``expm1``: the loss kernels' inner loop).
+
+  Plain arithmetic, differentiated as such; callers select ``|d| < 1`` themselves.
+  """
+  terms = phi_terms(_float_dtype(d))
+  series = jnp.full_like(d, 1.0 / math.factorial(terms + 1))
+  for k in range(terms, 1, -1):  # 1/2! + d/3! + … + d^{terms-1}/(terms+1)!
+    series = 1.0 / math.factorial(k) + d * series
+  return d * d * series
 
 
 @phi.defjvp

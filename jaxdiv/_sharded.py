@@ -17,6 +17,7 @@ size of the corresponding mesh axis.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
@@ -25,7 +26,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jaxdiv import _fused, _reduction
+from jaxdiv import _core, _fused, _kernels, _options, _reduction, _row_losses
 from jaxdiv import _validation as v
 
 _INT_HINT = "For integer class labels use jaxdiv.vocab_parallel_cross_entropy."
@@ -52,14 +53,25 @@ def _check_layout(mesh, vocab_axis, token_axis, n: int, vocab: int) -> None:
       raise ValueError(f"N = {n} tokens must be divisible by the {pt} devices of token_axis={token_axis!r}.")
 
 
-def _shard_map(fn, mesh, in_specs, out_specs):
-  """``shard_map`` that first moves its inputs to the layout ``in_specs`` asks for.
+@functools.lru_cache(maxsize=128)
+def _program(fn, static: tuple, mesh: Mesh, in_specs: tuple, out_specs: Any):
+  """``fn(*static, *args)`` under ``shard_map``, and its ``jit``: built once per configuration and mesh.
+
+  Keyed on the module-level ``fn`` and its hashable static configuration (not
+  on a fresh closure), so a repeated eager call reuses the compiled program.
+  """
+  mapped = jax.shard_map(functools.partial(fn, *static), mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+  return mapped, jax.jit(mapped)
+
+
+def _shard_map(fn, static: tuple, mesh, in_specs, out_specs):
+  """``shard_map`` of ``fn(*static, ...)`` that first moves its inputs to the layout ``in_specs`` asks for.
 
   Inside a trace (``jit``, ``grad``) an Auto mesh lets the partitioner reshard;
   concrete inputs are placed with ``device_put``, and an Explicit mesh, where
   sharding is part of the type, uses ``jax.reshard``.
   """
-  mapped = jax.shard_map(fn, mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+  mapped, compiled = _program(fn, static, mesh, tuple(in_specs), out_specs)
   explicit = any(t == AxisType.Explicit for t in mesh.axis_types)
 
   def run(*args):
@@ -69,19 +81,12 @@ def _shard_map(fn, mesh, in_specs, out_specs):
     else:
       args = [a if isinstance(a, jax.core.Tracer) else jax.device_put(a, s) for a, s in zip(args, shardings)]
     if not any(isinstance(a, jax.core.Tracer) for a in args):
-      # An eager call: compiled once, instead of dispatched op by op on every
-      # device (8.5 s -> 0.3 s for a JSD on 8 CPU devices).
-      return jax.jit(mapped)(*args)
+      # An eager call: one compiled program, cached across calls (see _program),
+      # instead of dispatching op by op on every device or recompiling.
+      return compiled(*args)
     return mapped(*args)
 
   return run
-
-
-def _logsumexp(z: jax.Array, axis: Any) -> tuple[jax.Array, jax.Array]:
-  """Global ``(shift, log_sum)`` of local ``z [n, V/P]``; the shift carries no derivative."""
-  m = jax.lax.pmax(jnp.max(jax.lax.stop_gradient(z), axis=1), axis)
-  shift = jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m))
-  return shift, jnp.log(jax.lax.psum(jnp.sum(jnp.exp(z - shift[:, None]), axis=1), axis))
 
 
 def _two_sided(name, logits, target, target_name, mesh, vocab_axis, token_axis):
@@ -97,6 +102,12 @@ def _two_sided(name, logits, target, target_name, mesh, vocab_axis, token_axis):
   return z, t
 
 
+def _ce_local(cfg: _options.CEConfig, vocab_axis: Any, z: jax.Array, y: jax.Array) -> jax.Array:
+  """Per-token cross-entropy of a device's ``[n, V/P]`` block: the whole-row driver over ``vocab_axis``."""
+  zc = _core.capped(z, cfg.soft_cap, z.dtype)
+  return _row_losses.ce_rows(zc, jnp.maximum(y, 0), 1, cfg, vocab_axis)
+
+
 def vocab_parallel_cross_entropy(
     logits: ArrayLike,
     labels: ArrayLike,
@@ -104,33 +115,43 @@ def vocab_parallel_cross_entropy(
     mesh: Mesh,
     vocab_axis: Any,
     token_axis: Any = None,
+    ignore_index: int | None = None,
+    class_weights: ArrayLike | None = None,
     label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    reduction: _reduction.Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
-  r"""Cross-entropy of vocabulary-sharded logits against integer labels, per token.
+  r"""Cross-entropy of vocabulary-sharded logits against integer labels, as :func:`jaxdiv.cross_entropy`.
 
-  .. math:: \ell = (1 - ε)(\mathrm{lse}(z) - z_y) + ε(\mathrm{lse}(z) - \bar z)
+  .. math:: \ell = w_y \Big[(1 - \epsilon)(-\log q_y) + \frac{\epsilon}{K}
+     \sum_{c \in \mathrm{supp}\,q} (-\log q_c) + \lambda\,\mathrm{logsumexp}(z')^2\Big]
 
-  with the logsumexp, the target logit and the mean logit ``z̄`` (uniform
-  label smoothing over all ``V`` classes) each combined across the devices of
-  ``vocab_axis`` by ``pmax``/``psum``: the same value as
-  :func:`jaxdiv.cross_entropy` on the gathered logits.
+  The loss is the one definition of :func:`jaxdiv.cross_entropy`
+  (:mod:`jaxdiv._core`): each device forms the row statistics of its classes
+  (max, sum of exponentials, target logit, smoothing sums) and ``pmax``/``psum``
+  over ``vocab_axis`` combine them, so only ``[N]``-sized statistics travel.
 
   Args:
-    logits: ``[N, V]``, split along V over ``vocab_axis``.
+    logits: ``[N, V]``, split along V over ``vocab_axis``; ``-inf`` masks a class.
     labels: ``[N]`` integer classes in ``[0, V)`` (global indices).
     mesh: the device mesh.
     vocab_axis: mesh axis name that splits the vocabulary.
     token_axis: optional mesh axis name that splits the tokens.
-    label_smoothing: ``ε`` in ``[0, 1]``.
+    ignore_index, class_weights, label_smoothing, z_loss, soft_cap, reduction,
+      normalizer: as :func:`jaxdiv.cross_entropy`.
 
   Returns:
-    ``[N]`` per-token losses, float32 (float64 for float64 logits), sharded
-    like the tokens.
+    ``[N]`` per-token losses (``reduction="none"``, the default; sharded like
+    the tokens) or the reduced scalar, float32 (float64 for float64 logits).
 
   Numerics:
-    As :func:`jaxdiv.cross_entropy` (max shift, ``log Σ exp(z - m) - (z_y - m)``);
-    an out-of-range label gives NaN with zero gradient. Differentiable in every
-    mode (plain JAX collectives: ``grad``, ``jacfwd``, ``vmap`` outside).
+    As :func:`jaxdiv.cross_entropy`: ties at ``|z| = 1e30`` give ``log 2``,
+    label smoothing gives masked classes no mass (finite with a padded
+    vocabulary), a NaN logit gives NaN, an out-of-range label gives NaN with
+    zero gradient. Differentiable in every mode (``grad``, ``jacfwd``,
+    ``vmap`` outside).
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, jaxdiv
@@ -141,40 +162,33 @@ def vocab_parallel_cross_entropy(
     >>> bool(jnp.allclose(loss, jaxdiv.cross_entropy(logits, labels), rtol=1e-6))
     True
   """
+  _reduction.check(reduction, normalizer)
+  cfg = _options.ce_config(label_smoothing, "uniform", False, z_loss, soft_cap)
   z = v.as_floating("logits", logits)
   if z.ndim != 2:
     raise ValueError(f"vocab_parallel_cross_entropy takes logits of shape [N, V]; got {list(z.shape)}.")
   y = v.as_integer("labels", labels, "For target logits use jaxdiv.vocab_parallel_kl_divergence.")
   v.label_shape(y, z, 1)
-  eps = _fused.check_float("label_smoothing", label_smoothing, 0.0, 1.0)
   (z,) = v.to_compute(z)
   n, vocab = z.shape
   _check_layout(mesh, vocab_axis, token_axis, n, vocab)
-
-  def local(z, y):
-    shift, log_sum = _logsumexp(z, vocab_axis)
-    index = y - jax.lax.axis_index(vocab_axis) * z.shape[1]
-    hit = (index >= 0) & (index < z.shape[1])
-    picked = jnp.take_along_axis(z, jnp.clip(index, 0, z.shape[1] - 1)[:, None], axis=1)[:, 0]
-    picked = jax.lax.psum(jnp.where(hit, picked, 0), vocab_axis)
-    loss = log_sum - (picked - shift)
-    if eps:
-      mean = jax.lax.psum(jnp.sum(z, axis=1), vocab_axis) / vocab
-      loss = (1 - eps) * loss + eps * (log_sum - (mean - shift))
-    return jnp.where((y >= 0) & (y < vocab), loss, jnp.nan)
-
-  f = _shard_map(local, mesh, (P(token_axis, vocab_axis), P(token_axis)), P(token_axis))
-  return f(z, y.astype(jnp.int32))
+  y, active, weights = _fused.prepare_labels(y, (n,), ignore_index, False, class_weights, vocab, z.dtype)
+  f = _shard_map(_ce_local, (cfg, vocab_axis), mesh, (P(token_axis, vocab_axis), P(token_axis)), P(token_axis))
+  loss = jnp.where(y >= 0, f(z, y), jnp.nan)
+  if class_weights is not None:
+    loss = _kernels.mul_safe(weights, loss)
+  loss = jnp.where(active, loss, 0)
+  return _reduction.reduce(loss, reduction, weight=weights, normalizer=normalizer)
 
 
-def _divergence(spec: _fused.Spec, z, t, mesh, vocab_axis, token_axis):
-  def local(z, t):
-    log_q = z - sum(_logsumexp(z, vocab_axis))[:, None]
-    log_p = t - sum(_logsumexp(t, vocab_axis))[:, None]
-    return jax.lax.psum(jnp.sum(_fused.divergence_terms(spec, log_p, log_q), axis=1), vocab_axis)
+def _divergence_local(spec: _core.DivSpec, vocab_axis: Any, z: jax.Array, t: jax.Array) -> jax.Array:
+  """Per-token divergence of a device's blocks: the whole-row driver over ``vocab_axis``."""
+  return _row_losses.divergence_rows(z, t, 1, spec, vocab_axis)
 
+
+def _divergence(spec: _core.DivSpec, z, t, mesh, vocab_axis, token_axis):
   spec_in = P(token_axis, vocab_axis)
-  return _shard_map(local, mesh, (spec_in, spec_in), P(token_axis))(z, t)
+  return _shard_map(_divergence_local, (spec, vocab_axis), mesh, (spec_in, spec_in), P(token_axis))(z, t)
 
 
 def vocab_parallel_kl_divergence(
@@ -184,17 +198,19 @@ def vocab_parallel_kl_divergence(
     mesh: Mesh,
     vocab_axis: Any,
     token_axis: Any = None,
-    reverse: bool = False,
+    divergence: _options.Divergence = "forward_kl",
+    beta: float = 0.5,
+    reverse: bool | None = None,
 ) -> jax.Array:
-  r"""KL(p ‖ q) (or the reverse KL(q ‖ p)) between vocabulary-sharded target and model logits.
+  r"""KL(p ‖ q) (or the reverse KL, or JSD_β) between vocabulary-sharded target and model logits.
 
   .. math:: \mathrm{KL}(p \,\|\, q) = \sum_c p_c (\log p_c - \log q_c),
      \quad p = \mathrm{softmax}(t),\ q = \mathrm{softmax}(z)
 
-  Both logsumexps are combined across ``vocab_axis``; each device sums the
-  non-negative terms ``p (expm1(d) - d)`` (the kernel of
-  :func:`jaxdiv.kl_divergence_with_log_targets`) over its classes, and one
-  ``psum`` of an ``[N]`` vector adds them.
+  The one definition of :func:`jaxdiv.kl_divergence_with_log_targets`
+  (:mod:`jaxdiv._core`): both logsumexps are combined across ``vocab_axis``,
+  each device sums the non-negative terms and the renormalisation sums over its
+  classes, and ``psum`` of ``[N]`` vectors adds them.
 
   Args:
     logits: model (student) logits ``[N, V]``, split along V over ``vocab_axis``.
@@ -202,15 +218,19 @@ def vocab_parallel_kl_divergence(
     mesh: the device mesh.
     vocab_axis: mesh axis name that splits the vocabulary.
     token_axis: optional mesh axis name that splits the tokens.
-    reverse: compute the reverse KL(q ‖ p) (as :func:`jaxdiv.reverse_kl_divergence`).
+    divergence: ``"forward_kl"`` (the default), ``"reverse_kl"`` (KL(q ‖ p), as
+      :func:`jaxdiv.reverse_kl_divergence`) or ``"jsd"`` (as
+      :func:`jaxdiv.jensen_shannon_divergence`, with ``beta``).
+    beta: the target's weight in the JSD mixture, in ``[0, 1]``.
+    reverse: deprecated; ``reverse=True`` is ``divergence="reverse_kl"``.
 
   Returns:
     ``[N]`` per-token divergences, float32 (float64 for float64 inputs).
 
   Numerics:
-    Non-negative terms, finite derivatives where ``p = 0``; unlike the
-    single-device function there is no final renormalisation, so a tiny KL
-    (< 1e-6) keeps absolute (not relative) accuracy of order 1e-7.
+    As :func:`jaxdiv.kl_divergence_with_log_targets`, on every device layout:
+    non-negative, finite derivatives where ``p = 0``, a tiny KL (5e-9) to
+    float32 relative accuracy, 0 for a fully masked row, NaN for a NaN input.
     Differentiable w.r.t. both arguments, forward and reverse mode.
 
   Examples:
@@ -224,8 +244,8 @@ def vocab_parallel_kl_divergence(
   """
   name = "vocab_parallel_kl_divergence"
   z, t = _two_sided(name, logits, target_logits, "target_logits", mesh, vocab_axis, token_axis)
-  spec = _fused.Spec("reverse_kl" if reverse else "kl", "logits", 1, z.shape[1])
-  return _divergence(spec, z, t, mesh, vocab_axis, token_axis)
+  kind, beta = _options.divergence(_options.reverse_flag(reverse, divergence), beta)
+  return _divergence(_core.DivSpec(kind, beta), z, t, mesh, vocab_axis, token_axis)
 
 
 def vocab_parallel_jensen_shannon_divergence(
@@ -258,8 +278,8 @@ def vocab_parallel_jensen_shannon_divergence(
     ``[N]`` per-token divergences, float32 (float64 for float64 inputs).
 
   Numerics:
-    The mixture is formed in log space (finite, zero derivative where
-    ``P = Q = 0``); non-negative KL terms as :func:`vocab_parallel_kl_divergence`.
+    As :func:`jaxdiv.jensen_shannon_divergence` (the same definition): the
+    mixture is finite with zero derivative where ``P = Q = 0``.
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, jaxdiv
@@ -272,10 +292,13 @@ def vocab_parallel_jensen_shannon_divergence(
   """
   name = "vocab_parallel_jensen_shannon_divergence"
   z, t = _two_sided(name, logits, target_logits, "target_logits", mesh, vocab_axis, token_axis)
-  beta = _fused.check_float("beta", beta, 0.0, 1.0)
-  kind = "kl" if beta == 0.0 else "reverse_kl" if beta == 1.0 else "jsd"
-  spec = _fused.Spec(kind, "logits", 1, z.shape[1], beta=beta)
-  return _divergence(spec, z, t, mesh, vocab_axis, token_axis)
+  kind, beta = _options.divergence("jsd", beta)
+  return _divergence(_core.DivSpec(kind, beta), z, t, mesh, vocab_axis, token_axis)
+
+
+def _fused_local(spec: _fused.Spec, h, w, b, y):
+  """A device's share of the vocabulary-block schedule (statistics combined over the spec's mesh axes)."""
+  return _fused.vocab_core(spec, h, w, b, (y,))
 
 
 def vocab_parallel_fused_linear_cross_entropy(
@@ -345,9 +368,7 @@ def vocab_parallel_fused_linear_cross_entropy(
   """
   h, w, b = _fused.check_linear(hidden, weight, bias)
   _reduction.check(reduction, normalizer)
-  eps = _fused.check_float("label_smoothing", label_smoothing, 0.0, 1.0)
-  lam = _fused.check_float("z_loss", z_loss, 0.0)
-  cap = None if soft_cap is None else _fused.check_float("soft_cap", soft_cap, 0.0, open_low=True)
+  cfg = _options.ce_config(label_smoothing, "uniform", False, z_loss, soft_cap)
   token_shape = h.shape[:-1]
   d, vocab = w.shape
   dt, h32, b32 = _fused.linear_dtypes(h, w, b)
@@ -359,14 +380,11 @@ def vocab_parallel_fused_linear_cross_entropy(
   v_local = vocab // mesh.shape[vocab_axis]
   n_local = n // (1 if token_axis is None else mesh.shape[token_axis])
   block = _fused.block_size("vocab_block", vocab_block, n_local, v_local)
-  spec = _fused.Spec("ce", "labels", block, vocab, eps, lam, cap, axis_name=vocab_axis, token_axis=token_axis)
-
-  def local(h, w, b, y):
-    return _fused.vocab_core(spec, h, w, b, (y,))
+  spec = _fused.Spec(cfg, "labels", block, vocab, axis_name=vocab_axis, token_axis=token_axis)
 
   tokens = P(token_axis)
   in_specs = (P(token_axis, None), P(None, vocab_axis), P(vocab_axis), tokens)
-  f = _shard_map(local, mesh, in_specs, (tokens, tokens))
+  f = _shard_map(_fused_local, (spec,), mesh, in_specs, (tokens, tokens))
   loss, lse = f(h32, w, b32, y)
   per_token = jnp.where(active, weights * jnp.where(active, loss, 0), 0).reshape(token_shape)
   out = _reduction.reduce(per_token, reduction, weight=weights.reshape(token_shape), normalizer=normalizer)

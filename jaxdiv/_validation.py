@@ -16,7 +16,7 @@ import jax.numpy as jnp
 from jax.experimental import checkify
 from jax.typing import ArrayLike
 
-from jaxdiv import _kernels
+from jaxdiv import _rows
 
 
 def _describe(x: jax.Array) -> str:
@@ -108,8 +108,19 @@ def mask(where: ArrayLike | None, shape: tuple[int, ...]) -> jax.Array | None:
 
 def to_compute(*arrays: jax.Array) -> list[jax.Array]:
   """Cast floating arrays to the accumulation dtype (float32, or float64 under x64)."""
-  dtype = _kernels.compute_dtype(*(a.dtype for a in arrays))
+  dtype = _rows.compute_dtype(*(a.dtype for a in arrays))
   return [a.astype(dtype) for a in arrays]
+
+
+def wide_labels(labels: jax.Array) -> jax.Array:
+  """Integer labels in a signed type wide enough to compare with any class count and index with.
+
+  int64 under x64, else int32. A small type (int8, uint16) would wrap the range
+  check ``y < num_classes`` and a one-hot built in it; an unsigned value beyond
+  the signed range becomes negative, which the range check flags.
+  """
+  wide = jnp.int64 if jax.config.read("jax_enable_x64") else jnp.int32
+  return labels.astype(wide)
 
 
 def check_labels(labels: ArrayLike, num_classes: int, *, ignore_index: int | None = None) -> jax.Array:
@@ -140,11 +151,12 @@ def check_labels(labels: ArrayLike, num_classes: int, *, ignore_index: int | Non
     >>> print(err.get())  # doctest: +ELLIPSIS
     labels must lie in [0, 3); found 3 ...
   """
-  y = as_integer("labels", labels)
+  given = as_integer("labels", labels)
+  y = wide_labels(given)
   valid = (y >= 0) & (y < num_classes)
   if ignore_index is not None:
     valid = valid | (y == ignore_index)
   bad = jnp.where(valid, 0, y)
   first_bad = bad.reshape(-1)[jnp.argmax(~valid.reshape(-1))] if y.size else jnp.asarray(0)
   checkify.check(jnp.all(valid), "labels must lie in [0, {n}); found {bad}", n=jnp.asarray(num_classes), bad=first_bad)
-  return labels if isinstance(labels, jax.Array) else y
+  return labels if isinstance(labels, jax.Array) else given

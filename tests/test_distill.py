@@ -107,13 +107,24 @@ def test_derivatives_match_float64_finite_differences(divergence):
     jtu.check_grads(jax.jit(f), (z, t), order=order, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6, eps=1e-6)
 
 
+def test_old_divergence_spelling_warns_and_means_forward_kl():
+  z, t = jnp.array([[0.5, -1.0, 2.0]]), jnp.array([[1.0, 0.0, -1.0]])
+  with pytest.warns(DeprecationWarning, match="divergence='kl' is deprecated; use divergence='forward_kl'"):
+    old = jaxdiv.distillation_loss(z, t, divergence="kl")
+  np.testing.assert_array_equal(old, jaxdiv.distillation_loss(z, t, divergence="forward_kl"))
+
+
 def test_distillation_errors():
   z = jnp.zeros((2, 3))
-  with pytest.raises(ValueError, match="divergence must be 'forward_kl', 'reverse_kl' or 'jsd'; got 'kl'"):
-    jaxdiv.distillation_loss(z, z, divergence="kl")
-  with pytest.raises(ValueError, match="temperature must be positive"):
+  with pytest.raises(ValueError, match=r"divergence must be one of \['forward_kl', 'reverse_kl', 'jsd'\]; got 'kld'"):
+    jaxdiv.distillation_loss(z, z, divergence="kld")
+  with pytest.raises(ValueError, match=r"temperature must lie in \(0, inf\); got 0.0"):
     jaxdiv.distillation_loss(z, z, temperature=0.0)
-  with pytest.raises(ValueError, match=r"alpha must be \[0.0, 1.0\]; got 2.0"):
+  with pytest.raises(ValueError, match=r"temperature must lie in \(0, inf\); got inf"):
+    jaxdiv.distillation_loss(z, z, temperature=float("inf"))
+  with pytest.raises(ValueError, match=r"beta must lie in \[0, 1\]; got 1.5"):
+    jaxdiv.distillation_loss(z, z, divergence="forward_kl", beta=1.5)
+  with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]; got 2.0"):
     jaxdiv.distillation_loss(z, z, labels=jnp.zeros(2, jnp.int32), alpha=2.0)
   with pytest.raises(ValueError, match=r"teacher_logits must have the same shape as student_logits, \[2, 3\]"):
     jaxdiv.distillation_loss(z, jnp.zeros((3, 3)))
@@ -193,7 +204,7 @@ def test_top_k_rest_bucket_is_accurate_when_the_top_k_hold_almost_all_mass():
 
 def test_top_k_errors():
   z = jnp.zeros((2, 5))
-  with pytest.raises(ValueError, match="tail must be 'renormalize' or 'rest_bucket'"):
+  with pytest.raises(ValueError, match=r"tail must be one of \['renormalize', 'rest_bucket'\]; got 'drop'"):
     jaxdiv.top_k_kl_divergence(z, jnp.zeros((2, 2), jnp.int32), jnp.zeros((2, 2)), tail="drop")
   with pytest.raises(ValueError, match=r"teacher_top_k_ids must have the shape of logits with axis 1 replaced by k"):
     jaxdiv.top_k_kl_divergence(z, jnp.zeros((3, 2), jnp.int32), jnp.zeros((3, 2)))

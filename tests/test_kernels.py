@@ -12,7 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from jaxdiv import _kernels
+from jaxdiv import _core, _kernels, _row_losses, _rows
+
+KL = _core.DivSpec("forward_kl")
 
 NEG_INF = -jnp.inf
 
@@ -84,9 +86,9 @@ def test_kl_terms_with_zero_target_are_the_model_mass_with_finite_derivatives():
 def test_kl_rows_is_exactly_zero_for_equal_logits_and_has_analytic_derivatives():
   rng = np.random.default_rng(0)
   z = jnp.asarray(rng.normal(size=(3, 50)), jnp.float32)
-  np.testing.assert_array_equal(_kernels.kl_rows(z, z, 1, True), 0.0)
+  np.testing.assert_array_equal(_row_losses.divergence_rows(z, z, 1, KL), 0.0)
   t = jnp.asarray(rng.normal(size=(3, 50)), jnp.float32)
-  g = jax.grad(lambda a: jnp.sum(_kernels.kl_rows(t, a, 1, True)))(z)
+  g = jax.grad(lambda a: jnp.sum(_row_losses.divergence_rows(a, t, 1, KL)))(z)
   np.testing.assert_allclose(g, jax.nn.softmax(z) - jax.nn.softmax(t), atol=1e-7)
 
 
@@ -104,7 +106,7 @@ def test_kl_rows_when_the_two_rows_maxima_are_far_apart(model, target):
   lp = t.astype(np.float64) - np.logaddexp.reduce(t.astype(np.float64))
   p = np.exp(lp)
   want = np.sum(np.where(p > 0, p * (lp - lq), 0.0))
-  got = _kernels.kl_rows(jnp.asarray(t), jnp.asarray(z), 0, True)
+  got = _row_losses.divergence_rows(jnp.asarray(z), jnp.asarray(t), 0, KL)
   np.testing.assert_allclose(got, want, rtol=1e-6)
 
 
@@ -123,7 +125,7 @@ def test_rows_longer_than_the_fast_reduction_limit_match_float64(vocab, dtype):
   x[1, 7] = 1e4
   x = jnp.asarray(x, dtype)
   labels = jnp.array([105, 7, vocab - 1])
-  assert (_kernels._chunk(x.shape, 1) is not None) == (vocab % 2 == 0 and jax.default_backend() == "cpu")
+  assert (_rows.chunk(x.shape, 1) is not None) == (vocab % 2 == 0 and jax.default_backend() == "cpu")
   got, grad = jax.value_and_grad(lambda z: jnp.sum(jaxdiv.cross_entropy(z, labels)))(x)
   want = ref.cross_entropy(x, labels)
   np.testing.assert_allclose(got, np.sum(want), rtol=1e-6)

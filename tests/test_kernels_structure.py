@@ -19,6 +19,7 @@ import optax
 import pytest
 
 import jaxdiv
+from jaxdiv import _row_losses, _rows
 from jaxdiv import _kernels
 from jaxdiv.cli import bench as _bench
 
@@ -107,8 +108,7 @@ def test_bfloat16_logits_get_a_bfloat16_gradient_without_a_float32_copy():
 
 @pytest.mark.parametrize(
     "kernel",
-    [_kernels.row_stats, _kernels.label_cross_entropy, _kernels.soft_cross_entropy_rows, _kernels.kl_rows,
-     _kernels.jsd_rows],
+    [_rows.row_lse, _row_losses.ce_rows, _kernels.soft_cross_entropy_rows, _row_losses.divergence_rows],
     ids=lambda k: k.__name__,
 )
 def test_kernels_are_custom_jvp_so_forward_mode_and_hessians_work(kernel):

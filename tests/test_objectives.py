@@ -197,11 +197,11 @@ def test_gradients_of_each_option_match_float64_finite_differences(option):
 
 def test_option_errors_name_the_argument():
   z, y = jnp.zeros((2, 3)), jnp.zeros(2, jnp.int32)
-  with pytest.raises(ValueError, match=r"label_smoothing must be \[0.0, 1.0\]; got 1.5"):
+  with pytest.raises(ValueError, match=r"label_smoothing must lie in \[0, 1\]; got 1.5\."):
     jaxdiv.cross_entropy(z, y, label_smoothing=1.5)
   with pytest.raises(TypeError, match="label_smoothing must be a concrete Python float"):
     jax.jit(lambda e: jaxdiv.cross_entropy(z, y, label_smoothing=e))(0.1)
-  with pytest.raises(ValueError, match="smoothing must be 'uniform' or 't5x'; got 'torch'"):
+  with pytest.raises(ValueError, match=r"smoothing must be one of \['uniform', 't5x'\]; got 'torch'"):
     jaxdiv.cross_entropy(z, y, label_smoothing=0.1, smoothing="torch")
   with pytest.raises(ValueError, match="t5x_normalize=True needs smoothing='t5x'"):
     jaxdiv.cross_entropy(z, y, label_smoothing=0.1, t5x_normalize=True)
@@ -211,7 +211,7 @@ def test_option_errors_name_the_argument():
     jaxdiv.cross_entropy(z, y, class_weights=jnp.ones(3, jnp.int32))
   with pytest.raises(TypeError, match="ignore_index must be None or an int"):
     jaxdiv.cross_entropy(z, y, ignore_index=-100.0)
-  with pytest.raises(ValueError, match="soft_cap must be positive"):
+  with pytest.raises(ValueError, match=r"soft_cap must lie in \(0, inf\); got 0.0\."):
     jaxdiv.cross_entropy(z, y, soft_cap=0.0)
-  with pytest.raises(ValueError, match=r"z_loss must be >= 0.0; got -1.0"):
+  with pytest.raises(ValueError, match=r"z_loss must lie in \[0, inf\); got -1.0\."):
     jaxdiv.soft_cross_entropy(z, z, z_loss=-1.0)

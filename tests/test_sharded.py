@@ -81,15 +81,15 @@ def test_cross_entropy_forward_mode_and_vmap():
   _assert_close(batched[1], jaxdiv.cross_entropy(2 * z, y))
 
 
-@pytest.mark.parametrize("name", ["kl", "reverse_kl", "jsd"])
+@pytest.mark.parametrize("name", ["forward_kl", "reverse_kl", "jsd"])
 def test_divergences_match_one_device_values_and_gradients(name):
   z, t, _ = _data(2)
   mesh = _mesh()
   kw = {"mesh": mesh, "vocab_axis": "vocab", "token_axis": "data"}
   sharded, single = {
-      "kl": (lambda z, t: jaxdiv.vocab_parallel_kl_divergence(z, t, **kw),
+      "forward_kl": (lambda z, t: jaxdiv.vocab_parallel_kl_divergence(z, t, **kw),
              jaxdiv.kl_divergence_with_log_targets),
-      "reverse_kl": (lambda z, t: jaxdiv.vocab_parallel_kl_divergence(z, t, reverse=True, **kw),
+      "reverse_kl": (lambda z, t: jaxdiv.vocab_parallel_kl_divergence(z, t, divergence="reverse_kl", **kw),
                      jaxdiv.reverse_kl_divergence),
       "jsd": (lambda z, t: jaxdiv.vocab_parallel_jensen_shannon_divergence(z, t, beta=0.3, **kw),
               lambda z, t: jaxdiv.jensen_shannon_divergence(z, t, beta=0.3)),
