@@ -23,6 +23,27 @@ The batch is a mapping:
 * any key named in ``batch_kwargs``, passed to the loss as a keyword argument
   (e.g. ``{"labels": "labels"}`` for :func:`jaxdiv.distillation_loss`).
 
+Model state and randomness are arguments of the call, not of the batch:
+``objective(params, batch, state=state, rng=key)``. Each is passed on to
+``apply_fn`` as a keyword only when given, so a stateless, deterministic
+model keeps the two-argument ``apply_fn(params, inputs)``.
+
+* ``state`` (any pytree): the model's non-trained variables, e.g. Flax linen's
+  ``batch_stats`` or Haiku ``transform_with_state``'s state. ``apply_fn`` is
+  then called as ``apply_fn(params, inputs, state=state)`` and must return
+  ``(logits, new_state)``; the new state comes back as ``aux.state`` (no
+  gradient flows into it). Flax linen:
+  ``lambda p, x, *, state, rng: model.apply({"params": p, **state}, x,
+  train=True, mutable=list(state), rngs={"dropout": rng})``; Haiku:
+  ``lambda p, x, *, state, rng: transformed.apply(p, state, rng, x)``.
+* ``rng`` (a ``jax.random`` key): passed as ``apply_fn(..., rng=rng)``, for
+  dropout or any sampling in the model; split a new one for every step.
+
+``apply_fn`` must return logits, a floating array (with ``state``, the pair
+``(logits, new_state)``); anything else (a linen ``mutable=`` call's tuple
+without ``state``, a dict of outputs) is a ``TypeError`` that names
+``apply_fn`` and says what it returned.
+
 The reduction belongs to the loss: a jaxdiv loss with a ``reduction``
 argument reduces itself (so ``ignore_index`` and ``class_weights`` keep their
 torch semantics); for any other callable returning per-example values the
@@ -35,10 +56,11 @@ from __future__ import annotations
 import dataclasses
 import inspect
 from collections.abc import Callable, Mapping
-from typing import Any, Generic, Literal, NamedTuple, TypeVar
+from typing import Any, Concatenate, Generic, Literal, TypeVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxdiv import _reduction
 
@@ -48,7 +70,9 @@ Batch = Mapping[str, Any]
 __all__ = ["Aux", "Objective"]
 
 
-class Aux(NamedTuple):
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True, eq=False)
+class Aux:
   """Side outputs of an :class:`Objective` (a pytree; no gradient flows through them).
 
   Attributes:
@@ -60,12 +84,15 @@ class Aux(NamedTuple):
     metrics: the loss's own side outputs (with ``return_aux``: z-loss,
       logsumexp, entropy, ...) reduced like the loss, and each extra metric of
       ``Objective.metrics`` as a mean over counted examples.
+    state: the model's new state, ``apply_fn``'s second output, when the
+      objective is called with ``state=``; None otherwise.
   """
 
   per_example: jax.Array
   accuracy: jax.Array
   count: jax.Array
   metrics: dict[str, jax.Array]
+  state: Any = None
 
 
 def _accepts(fn: Callable[..., Any], name: str) -> bool:
@@ -106,6 +133,51 @@ def _check_normalizer(source: str, value: Any) -> None:
     raise ValueError(f"{expected}shape {list(n.shape)}. Pass one count or weight sum for the whole batch.")
 
 
+def _describe(value: Any) -> str:
+  """A short description of ``value`` for error messages: ``float32[8, 10]``, ``a dict with keys [...]``."""
+  if isinstance(value, (jax.Array, np.ndarray)):
+    return f"{value.dtype}{list(value.shape)}"
+  if isinstance(value, Mapping):
+    return f"a {type(value).__name__} with keys {sorted(map(str, value))}"
+  if isinstance(value, (tuple, list)):
+    parts = ", ".join(_describe(v) for v in value[:4]) + (", ..." if len(value) > 4 else "")
+    return f"a {type(value).__name__} of {len(value)} ({parts})"
+  return f"{type(value).__name__} {value!r:.60}"
+
+
+def _logits(value: Any, source: str, hint: str = "") -> jax.Array:
+  """``value`` as logits, or a ``TypeError`` saying that ``source`` returned something else."""
+  is_array = isinstance(value, (jax.Array, np.ndarray))
+  if is_array and value.ndim >= 1 and jnp.issubdtype(value.dtype, jnp.floating):
+    return jnp.asarray(value)
+  raise TypeError(
+      f"{source} must be logits, a floating array of shape [..., num_classes]; got {_describe(value)}.{hint}"
+  )
+
+
+def _keyword(fn: Callable[..., Any], name: str) -> tuple[bool, bool] | None:
+  """Whether ``apply_fn`` takes keyword ``name`` and whether it requires it; None when it has no signature.
+
+  Raises a ``TypeError`` when ``name`` is ``fn``'s second positional parameter, where the objective
+  passes the inputs (Haiku's ``apply(params, state, rng, *inputs)`` passed as it is).
+  """
+  try:
+    parameters = list(inspect.signature(fn).parameters.values())
+  except (TypeError, ValueError):
+    return None
+  positional = [p.name for p in parameters if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
+  if positional[1:2] == [name]:
+    raise TypeError(
+        f"apply_fn {fn!r} takes `{name}` as its second argument, where the objective passes the inputs; "
+        f"wrap it so that it reads apply_fn(params, inputs, *, {name}), e.g. for Haiku's "
+        "transform_with_state `lambda p, x, *, state, rng: transformed.apply(p, state, rng, x)`."
+    )
+  for p in parameters:
+    if p.name == name and p.kind is not p.POSITIONAL_ONLY and p.name not in positional[:2]:
+      return True, p.default is p.empty
+  return any(p.kind is p.VAR_KEYWORD for p in parameters) and name not in positional[:2], False
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Objective(Generic[Params]):
   """``loss_fn(params, batch) -> (loss, aux)`` from a jaxdiv loss and an apply function.
@@ -117,7 +189,10 @@ class Objective(Generic[Params]):
     apply_fn: ``apply_fn(params, inputs) -> logits``: ``lambda p, x:
       model.apply({"params": p}, x)`` (linen), ``transformed.apply`` of
       ``hk.without_apply_rng(hk.transform(f))`` (Haiku), ``lambda model, x:
-      model(x)`` (nnx, with the module as ``params``).
+      model(x)`` (nnx, with the module as ``params``). It also receives
+      ``state=`` and ``rng=`` as keywords when the objective is called with
+      them, and then returns ``(logits, new_state)`` (see the module
+      docstring).
     reduction: ``"mean"`` over counted examples (default) or ``"sum"``.
     loss_kwargs: fixed keyword arguments for ``loss`` (``label_smoothing``,
       ``z_loss``, ``temperature``, ...).
@@ -154,7 +229,9 @@ class Objective(Generic[Params]):
   """
 
   loss: Callable[..., Any]
-  apply_fn: Callable[[Any, Any], jax.Array]
+  # Params is inferred from an annotated apply_fn; the second member types an unannotated lambda's
+  # parameters as Any (Objective[Any]) where pyright would otherwise give them `object`.
+  apply_fn: Callable[Concatenate[Params, ...], Any] | Callable[..., Any]
   reduction: Literal["mean", "sum"] = "mean"
   loss_kwargs: Mapping[str, Any] = dataclasses.field(default_factory=dict)
   batch_kwargs: Mapping[str, str] = dataclasses.field(default_factory=dict)
@@ -173,12 +250,43 @@ class Objective(Generic[Params]):
     if self.loss_kwargs.get("normalizer") is not None:
       _check_normalizer("loss_kwargs['normalizer']", self.loss_kwargs["normalizer"])
 
-  def __call__(self, params: Params, batch: Batch) -> tuple[jax.Array, Aux]:
-    """The scalar loss and its :class:`Aux` for ``params`` on ``batch``."""
+  # state and rng are not keyword-only: nnx.value_and_grad binds every argument to a position.
+  def __call__(
+      self, params: Params, batch: Batch, state: Any = None, rng: jax.Array | None = None
+  ) -> tuple[jax.Array, Aux]:
+    """The scalar loss and its :class:`Aux` for ``params`` on ``batch``.
+
+    Args:
+      params: the trained parameters, ``apply_fn``'s first argument (the
+        argument that ``jax.value_and_grad`` differentiates).
+      batch: the batch mapping described in the module docstring.
+      state: the model's state (a pytree), for a model that returns
+        ``(logits, new_state)``; the new state is ``aux.state``.
+      rng: a ``jax.random`` key for the model's randomness (dropout), passed to
+        ``apply_fn`` as ``rng=``; use a new one for every step.
+
+    Examples:
+      A model with a running mean of its inputs as state, and dropout:
+
+      >>> import jax, jax.numpy as jnp, jaxdiv
+      >>> from jaxdiv.objective import Objective
+      >>> def apply_fn(w, x, *, state, rng):
+      ...   keep = jax.random.bernoulli(rng, 0.9, x.shape)
+      ...   logits = jnp.where(keep, x / 0.9, 0.0) @ w
+      ...   return logits, {"mean": 0.9 * state["mean"] + 0.1 * jnp.mean(x, axis=0)}
+      >>> objective = Objective(jaxdiv.cross_entropy, apply_fn)
+      >>> batch = {"inputs": jnp.eye(3), "labels": jnp.array([0, 1, 2])}
+      >>> state = {"mean": jnp.zeros(3)}
+      >>> (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(
+      ...     jnp.zeros((3, 3)), batch, state=state, rng=jax.random.key(0))
+      >>> state = aux.state
+      >>> print(f"{float(loss):.3f}", state["mean"])
+      1.099 [0.0333 0.0333 0.0333]
+    """
     for key in (self.inputs_key, self.target_key, *self.batch_kwargs.values()):
       if key not in batch:
         raise KeyError(f"batch has no {key!r} entry; it has {sorted(batch)}.")
-    logits = jnp.asarray(self.apply_fn(params, batch[self.inputs_key]))
+    logits, new_state = self._apply(params, batch[self.inputs_key], state, rng)
     target = batch[self.target_key]
     axis = self.axis % logits.ndim
     row_shape = logits.shape[:axis] + logits.shape[axis + 1 :]
@@ -219,10 +327,51 @@ class Objective(Generic[Params]):
     accuracy = _mean(correct, counted, count)
     for name, fn in self.metrics.items():
       metrics[name] = _mean(jnp.asarray(fn(stopped, target)), counted, count)
-    return loss, Aux(per_example, accuracy, count, metrics)
+    return loss, Aux(per_example, accuracy, count, metrics, new_state)
 
-  def value_fn(self, batch: Batch) -> Callable[[Params], jax.Array]:
+  def _apply(self, params: Params, inputs: Any, state: Any, rng: jax.Array | None) -> tuple[jax.Array, Any]:
+    """``apply_fn`` called with the keywords given, its output checked: (logits, new state or None)."""
+    extra = {name: value for name, value in (("state", state), ("rng", rng)) if value is not None}
+    for name in ("state", "rng"):
+      takes = _keyword(self.apply_fn, name)
+      if takes is None:
+        continue
+      accepts, requires = takes
+      if name in extra and not accepts:
+        raise TypeError(
+            f"The objective was called with {name}= but apply_fn {self.apply_fn!r} takes no `{name}` "
+            f"keyword; define it as apply_fn(params, inputs, *, {name}, ...)."
+        )
+      if name not in extra and requires:
+        what = "the model's state: objective(params, batch, state=state)" if name == "state" else (
+            "a new jax.random key every step: objective(params, batch, rng=key)")
+        raise TypeError(f"apply_fn {self.apply_fn!r} requires `{name}`; call the objective with {what}.")
+    out = self.apply_fn(params, inputs, **extra)
+    if state is None:
+      hint = ""
+      if isinstance(out, (tuple, list)) and len(out) == 2:
+        hint = (
+            " If the model also returns its new state (Flax linen with mutable=[...], Haiku "
+            "transform_with_state), call the objective with the state, "
+            "objective(params, batch, state=state), and take "
+            "apply_fn(params, inputs, *, state) -> (logits, new_state); the new state is aux.state."
+        )
+      return _logits(out, "apply_fn's output", hint), None
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+      raise TypeError(
+          f"With state=..., apply_fn must return the pair (logits, new_state); got {_describe(out)}. "
+          "Return the state unchanged if the model does not update it."
+      )
+    logits, new_state = out
+    return _logits(logits, "apply_fn's logits (the first of (logits, new_state))"), new_state
+
+  def value_fn(
+      self, batch: Batch, *, state: Any = None, rng: jax.Array | None = None
+  ) -> Callable[[Params], jax.Array]:
     """``params -> loss`` on a fixed ``batch``, for ``optax.value_and_grad_from_state``.
+
+    ``state`` and ``rng`` are passed to every call as in :meth:`__call__`; the
+    new state is dropped.
 
     Examples:
       >>> import jax, jax.numpy as jnp, optax, jaxdiv
@@ -243,7 +392,7 @@ class Objective(Generic[Params]):
       >>> print(f"{float(value_fn(w)):.3f}")
       0.015
     """
-    return lambda params: self(params, batch)[0]
+    return lambda params: self(params, batch, state=state, rng=rng)[0]
 
   def _row_mask(self, batch: Batch, row_shape: tuple[int, ...]) -> jax.Array | None:
     if batch.get("mask") is None:
@@ -266,7 +415,8 @@ class Objective(Generic[Params]):
         where = jnp.broadcast_to(where, shape)
       except ValueError as e:
         raise ValueError(
-            f"batch['where'] must be broadcastable to the logits shape {list(shape)}; got {list(where.shape)}."
+            f"batch['where'] must be broadcastable to the logits shape {list(shape)}; "
+            f"got {list(where.shape)}."
         ) from e
     if mask is not None:
       rows = jnp.broadcast_to(jnp.expand_dims(mask, axis), shape)
@@ -274,7 +424,7 @@ class Objective(Generic[Params]):
     return where
 
   def _ignore_index(self, batch: Batch) -> Any:
-    """The loss's ``ignore_index``: from the batch, ``loss_kwargs``, or the loss itself (a partial's keyword)."""
+    """The loss's ``ignore_index``: from the batch, ``loss_kwargs`` or the loss (a partial's keyword)."""
     for name, key in self.batch_kwargs.items():
       if name == "ignore_index":
         return batch[key]

@@ -194,3 +194,101 @@ def test_haiku_transform(batch):
     params, opt_state, loss, aux = step(params, opt_state, batch)
     history.append((loss, aux))
   _assert_learned(_history(history + [objective(params, batch)]))
+
+
+# Model state (batch statistics) and randomness (dropout): objective(params, batch, state=..., rng=...).
+
+
+class _LinenBatchNormMLP(nn.Module):
+  @nn.compact
+  def __call__(self, x, train: bool):
+    x = nn.BatchNorm(use_running_average=not train, momentum=0.8)(nn.Dense(HIDDEN)(x))
+    x = nn.Dropout(0.1, deterministic=not train)(jnp.tanh(x))
+    return nn.Dense(NUM_CLASSES)(x)
+
+
+def test_flax_linen_batch_stats_and_dropout(batch):
+  model = _LinenBatchNormMLP()
+  with _standard_promotion():
+    variables = model.init(jax.random.key(0), batch["inputs"][:2], train=False)
+  params, state = variables["params"], {"batch_stats": variables["batch_stats"]}
+
+  @_lenient
+  def apply_fn(params, x, *, state, rng=None):
+    if rng is None:  # evaluation: running averages, no dropout, the state unchanged
+      return model.apply({"params": params, **state}, x, train=False), state
+    return model.apply({"params": params, **state}, x, train=True, mutable=list(state), rngs={"dropout": rng})
+
+  objective = Objective(jaxdiv.cross_entropy, apply_fn)
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params, state, opt_state, batch, rng):
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params, batch, state=state, rng=rng)
+    updates, opt_state = _lenient(tx.update)(grads, opt_state, params)
+    return optax.apply_updates(params, updates), aux.state, opt_state, loss, aux
+
+  opt_state, history, initial = _lenient(tx.init)(params), [objective(params, batch, state=state)], state
+  for rng in jax.random.split(jax.random.key(1), STEPS):
+    params, state, opt_state, loss, aux = step(params, state, opt_state, batch, rng)
+  _assert_learned(_history(history + [objective(params, batch, state=state)]))
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), initial, state)
+  assert all(jax.tree.leaves(moved)), "the batch statistics were not updated"
+
+
+def test_haiku_transform_with_state_batch_norm_and_dropout(batch):
+  def forward(x, is_training):
+    x = hk.BatchNorm(create_scale=True, create_offset=True, decay_rate=0.8)(
+        hk.Linear(HIDDEN)(x), is_training=is_training)
+    x = jnp.tanh(x)
+    if is_training:
+      x = hk.dropout(hk.next_rng_key(), 0.1, x)
+    return hk.Linear(NUM_CLASSES)(x)
+
+  net = hk.transform_with_state(forward)
+  params, state = _lenient(net.init)(jax.random.key(0), batch["inputs"][:2], is_training=True)
+
+  @_lenient
+  def apply_fn(params, x, *, state, rng=None):
+    return net.apply(params, state, rng, x, is_training=rng is not None)
+
+  objective = Objective(jaxdiv.cross_entropy, apply_fn)
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params, state, opt_state, batch, rng):
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params, batch, state=state, rng=rng)
+    updates, opt_state = _lenient(tx.update)(grads, opt_state, params)
+    return optax.apply_updates(params, updates), aux.state, opt_state, loss, aux
+
+  # The first step's state: BatchNorm's moving averages are only initialised by a training call.
+  _, aux = objective(params, batch, state=state, rng=jax.random.key(2))
+  opt_state, history, initial = _lenient(tx.init)(params), [objective(params, batch, state=aux.state)], state
+  for rng in jax.random.split(jax.random.key(1), STEPS):
+    params, state, opt_state, loss, aux = step(params, state, opt_state, batch, rng)
+  _assert_learned(_history(history + [objective(params, batch, state=state)]))
+  moved = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), initial, state)
+  assert all(jax.tree.leaves(moved)), "the batch statistics were not updated"
+
+
+def test_haiku_transform_with_dropout_rng(batch):
+  def forward(x):
+    x = hk.dropout(hk.next_rng_key(), 0.1, jnp.tanh(hk.Linear(HIDDEN)(x)))
+    return hk.Linear(NUM_CLASSES)(x)
+
+  net = hk.transform(forward)
+  params = _lenient(net.init)(jax.random.key(0), batch["inputs"][:1])
+  objective = Objective(jaxdiv.cross_entropy, _lenient(lambda p, x, *, rng: net.apply(p, rng, x)))
+  tx = optax.adam(1e-2)
+
+  @jax.jit
+  def step(params, opt_state, batch, rng):
+    (loss, aux), grads = jax.value_and_grad(objective, has_aux=True)(params, batch, rng=rng)
+    updates, opt_state = _lenient(tx.update)(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, loss, aux
+
+  opt_state, history = _lenient(tx.init)(params), []
+  for rng in jax.random.split(jax.random.key(1), STEPS):
+    params, opt_state, loss, aux = step(params, opt_state, batch, rng)
+    history.append((loss, aux))
+  _assert_learned(_history(history))

@@ -176,7 +176,8 @@ def test_errors_are_clear():
     Objective(lambda z, y: jnp.sum(z, -1), _linear)(w, dict(batch, mask=jnp.ones(8, bool)))
   with pytest.raises(ValueError, match="reduction must be 'mean' or 'sum'"):
     Objective(jaxdiv.cross_entropy, _linear, reduction="none")
-  with pytest.raises(ValueError, match=r"batch\['where'\] must be broadcastable to the logits shape \[8, 4\]; got \[3\]"):
+  with pytest.raises(ValueError,
+                     match=r"batch\['where'\] must be broadcastable to the logits shape \[8, 4\]; got \[3\]"):
     Objective(jaxdiv.cross_entropy, _linear)(w, dict(batch, where=jnp.ones(3, bool)))
 
 
@@ -215,3 +216,98 @@ def test_a_numeric_normalizer_from_the_batch_divides_the_sum():
   w, batch = _batch("normalizer ok")
   loss, _ = jax.jit(Objective(jaxdiv.cross_entropy, _linear))(w, dict(batch, normalizer=jnp.float32(16.0)))
   _close(loss, jnp.sum(jaxdiv.cross_entropy(batch["inputs"] @ w, batch["labels"])) / 16.0)
+
+
+# Model state and randomness: objective(params, batch, state=..., rng=...)
+
+
+def _stateful(w, x, *, state, rng=None):
+  """A linear model whose state counts its calls and tracks the inputs' running mean; dropout with ``rng``."""
+  if rng is not None:
+    x = jnp.where(jax.random.bernoulli(rng, 0.5, x.shape), 2.0 * x, 0.0)
+  new_state = {"calls": state["calls"] + 1, "mean": 0.5 * state["mean"] + 0.5 * jnp.mean(x, axis=0)}
+  return x @ w, new_state
+
+
+def test_state_goes_in_and_the_new_state_comes_out_in_aux():
+  w, batch = _batch("state")
+  state = {"calls": jnp.int32(0), "mean": jnp.zeros(5, jnp.float32)}
+  objective = Objective(jaxdiv.cross_entropy, _stateful)
+  (loss, aux), grad = jax.jit(jax.value_and_grad(objective, has_aux=True))(w, batch, state=state)
+  assert int(aux.state["calls"]) == 1
+  _close(aux.state["mean"], 0.5 * jnp.mean(batch["inputs"], axis=0))
+  plain = Objective(jaxdiv.cross_entropy, _linear)
+  (loss_plain, aux_plain), grad_plain = jax.value_and_grad(plain, has_aux=True)(w, batch)
+  _close(loss, loss_plain)
+  _close(grad, grad_plain)
+  assert aux_plain.state is None
+  _, aux = objective(w, batch, state=aux.state)  # threads through a second step
+  assert int(aux.state["calls"]) == 2
+  _close(objective.value_fn(batch, state=state)(w), loss_plain)
+
+
+def test_rng_reaches_apply_fn_and_each_key_gives_its_own_dropout_mask():
+  w, batch = _batch("rng")
+  state = {"calls": jnp.int32(0), "mean": jnp.zeros(5, jnp.float32)}
+  objective = jax.jit(Objective(jaxdiv.cross_entropy, _stateful))
+  key = jax.random.key(7)
+  loss_a, _ = objective(w, batch, state=state, rng=key)
+  loss_b, _ = objective(w, batch, state=state, rng=key)
+  loss_c, _ = objective(w, batch, state=state, rng=jax.random.key(8))
+  keep = jax.random.bernoulli(key, 0.5, batch["inputs"].shape)
+  expected = jnp.mean(jaxdiv.cross_entropy(jnp.where(keep, 2.0 * batch["inputs"], 0.0) @ w, batch["labels"]))
+  _close(loss_a, expected)
+  assert float(loss_a) == float(loss_b) != float(loss_c)
+  dropout = lambda w, x, *, rng: _stateful(w, x, state=state, rng=rng)[0]
+  dropout_only = Objective(jaxdiv.cross_entropy, dropout)
+  _close(dropout_only.value_fn(batch, rng=key)(w), expected)
+
+
+# What apply_fn returned, and the message naming it.
+_LOGITS = jnp.zeros((8, 4), jnp.float32)
+_BAD_OUTPUTS = [
+    # A linen apply with mutable=[...], called without state: the cryptic "entry not a 2- or 3- tuple" before.
+    ((_LOGITS, {"batch_stats": {}}), None,
+     r"apply_fn's output must be logits, a floating array of shape \[\.\.\., num_classes\]; got a tuple of 2 "
+     r"\(float32\[8, 4\], a dict with keys \['batch_stats'\]\)\. If the model also returns its new state .*"
+     r"objective\(params, batch, state=state\)"),
+    ({"logits": _LOGITS}, None, r"apply_fn's output must be logits.*; got a dict with keys \['logits'\]\.$"),
+    (jnp.zeros((8, 4), jnp.int32), None,
+     r"apply_fn's output must be logits, a floating array.*; got int32\[8, 4\]"),
+    (jnp.float32(0.0), None, r"apply_fn's output must be logits.*; got float32\[\]"),
+    (_LOGITS, {},
+     r"With state=\.\.\., apply_fn must return the pair \(logits, new_state\); got float32\[8, 4\]"),
+    ((_LOGITS, {}, {}), {}, r"must return the pair \(logits, new_state\); got a tuple of 3"),
+    (({"logits": _LOGITS}, {}), {},
+     r"apply_fn's logits \(the first of \(logits, new_state\)\) must be logits.*"
+     r"got a dict with keys \['logits'\]"),
+]
+
+
+@pytest.mark.parametrize("output, state, message", _BAD_OUTPUTS)
+def test_apply_fn_output_that_is_not_logits_is_a_clear_error(output, state, message):
+  _, batch = _batch("bad output")
+  apply_fn = (lambda p, x: output) if state is None else (lambda p, x, *, state: output)
+  with pytest.raises(TypeError, match=message):
+    Objective(jaxdiv.cross_entropy, apply_fn)(None, batch, state=state)
+
+
+def test_state_and_rng_keywords_are_checked_against_apply_fn():
+  w, batch = _batch("keywords")
+  with pytest.raises(TypeError, match=r"called with rng= but apply_fn .* takes no `rng` keyword; "
+                                      r"define it as apply_fn\(params, inputs, \*, rng, \.\.\.\)"):
+    Objective(jaxdiv.cross_entropy, _linear)(w, batch, rng=jax.random.key(0))
+  with pytest.raises(TypeError, match=r"called with state= but apply_fn .* takes no `state` keyword"):
+    Objective(jaxdiv.cross_entropy, _linear)(w, batch, state={})
+  with pytest.raises(TypeError, match=r"requires `state`; call the objective with the model's state: "
+                                      r"objective\(params, batch, state=state\)"):
+    Objective(jaxdiv.cross_entropy, _stateful)(w, batch)
+  with pytest.raises(TypeError, match=r"requires `rng`; call the objective with a new jax.random key"):
+    Objective(jaxdiv.cross_entropy, lambda w, x, *, rng: x @ w)(w, batch)
+  # Haiku's apply(params, state, rng, x) passed as it is: the inputs would land in `state`.
+  with pytest.raises(TypeError, match=r"takes `state` as its second argument, where the objective passes the "
+                                      r"inputs; wrap it .* transformed\.apply\(p, state, rng, x\)"):
+    Objective(jaxdiv.cross_entropy, lambda p, state, rng, x: x @ p)(w, batch, state={})
+  # **kwargs accepts both.
+  loss, _ = Objective(jaxdiv.cross_entropy, lambda w, x, **kw: x @ w)(w, batch, rng=jax.random.key(0))
+  _close(loss, Objective(jaxdiv.cross_entropy, _linear)(w, batch)[0])
