@@ -2,7 +2,8 @@
 
 Each test trains a tiny model for a few dozen steps on 320 of scikit-learn's
 bundled 8x8 digits (no download) through :class:`jaxdiv.objective.Objective`
-and asserts that the loss fell and the training accuracy rose. The libraries
+and asserts that the loss fell and the training accuracy rose; the README's
+stateful linen example (batch statistics and dropout) runs as written. The libraries
 come from the ``examples`` extra, which the README's test command installs,
 so a missing one is an error, never a skip.
 
@@ -16,6 +17,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import pathlib
+import re
 
 import flax.linen as nn
 import haiku as hk
@@ -292,3 +295,13 @@ def test_haiku_transform_with_dropout_rng(batch):
     params, opt_state, loss, aux = step(params, opt_state, batch, rng)
     history.append((loss, aux))
   _assert_learned(_history(history))
+
+
+def test_readme_state_and_dropout_example_runs():
+  readme = (pathlib.Path(__file__).parents[1] / "README.md").read_text()
+  block = re.search(r"<!-- objective-state-example -->\n```python\n(.*?)```", readme, re.S)
+  assert block, "README.md has no objective-state-example block"
+  namespace: dict = {}
+  with _standard_promotion():
+    exec(compile(block.group(1), "README.md", "exec"), namespace)
+  assert namespace["losses"][-1] < 0.2 * namespace["losses"][0], namespace["losses"]
