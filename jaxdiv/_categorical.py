@@ -99,6 +99,7 @@ def cross_entropy(
     t5x_normalize: bool = False,
     z_loss: float = 0.0,
     soft_cap: float | None = None,
+    weighting: Literal["example", "torch"] = "example",
     reduction: Reduction = "none",
     normalizer: ArrayLike | None = None,
     return_aux: bool = False,
@@ -124,9 +125,7 @@ def cross_entropy(
       with zero gradient and are not counted by ``"mean"``.
     class_weights: optional ``[num_classes]`` floating weights; example ``n``
       is weighted by ``w[y_n]`` and ``"mean"`` is torch's weighted mean
-      ``Σ w[y_n] ℓ_n / Σ w[y_n]``. (torch additionally weights each class of
-      the label-smoothing sum by ``w_c``; here the whole smoothed example is
-      weighted by ``w[y_n]``.)
+      ``Σ w[y_n] ℓ_n / Σ w[y_n]``. With label smoothing, see ``weighting``.
     label_smoothing: ``ε`` in ``[0, 1]``, a Python float.
     smoothing: ``"uniform"``: target ``(1 - ε)·onehot(y) + ε/K`` over the
       support (torch, optax, Liger, but those count masked classes too);
@@ -135,6 +134,14 @@ def cross_entropy(
     t5x_normalize: with ``smoothing="t5x"``, subtract the entropy of the
       smoothed target, so the loss is ``KL(target ‖ q) ≥ 0`` with minimum 0.
     z_loss: ``λ ≥ 0``; adds ``λ·logsumexp(z')²`` (PaLM's z-loss).
+    weighting: how ``class_weights`` meet label smoothing. ``"example"`` (the
+      default): the whole smoothed example is weighted by ``w[y]``.
+      ``"torch"``: ``torch.nn.functional.cross_entropy``'s formula, the label
+      term weighted by ``w[y]`` and each class of the smoothing sum by its own
+      ``w_c``: ``(1 - ε) w_y (-log q_y) + (ε/K) Σ_c w_c (-log q_c)``, with
+      ``"mean"`` dividing by ``Σ w[y_n]`` as torch does (uniform smoothing; the
+      z-loss part is weighted by ``w[y]``). Identical without class weights or
+      smoothing.
     soft_cap: optional ``c > 0``: logits become ``c·tanh(z/c)`` (Gemma 2)
       inside the loss; ``-inf`` (masked) logits stay ``-inf``.
     reduction: ``"none"`` (per-example, the default), ``"sum"``, ``"mean"``
@@ -183,6 +190,9 @@ def cross_entropy(
   _reduction.check(reduction, normalizer)
   cfg = _options.ce_config(label_smoothing, smoothing, t5x_normalize, z_loss, soft_cap)
   ignore_index = _options.ignore_index(ignore_index)
+  _options.choice("weighting", weighting, ("example", "torch"))
+  if weighting == "torch" and cfg.smoothing != "uniform":
+    raise ValueError("weighting='torch' is torch's uniform label smoothing; got smoothing='t5x'.")
   x, ax, mask = _model(logits, axis, where)
   y = v.as_integer("labels", labels, _PROB_HINT)
   v.label_shape(y, x, ax)
@@ -206,7 +216,17 @@ def cross_entropy(
       raise ValueError(f"class_weights must have shape [num_classes] = [{num_classes}]; got {list(w.shape)}.")
     (w,) = v.to_compute(w)
     weight = jnp.where(valid, w.astype(loss.dtype)[safe_y], 0)
-    loss = _kernels.mul_safe(weight, loss)
+    if weighting == "torch" and cfg.label_smoothing:
+      # The label term and z-loss by w[y], the smoothing sum class by class (torch's formula).
+      eps = cfg.label_smoothing
+      nll = _row_losses.ce_rows(z, safe_y, ax, _options.CEConfig())
+      label_term = _kernels.mul_safe(jnp.asarray(1 - eps, nll.dtype), nll)
+      if cfg.z_loss:
+        label_term = label_term + _core.z_loss_part(cfg, _row_losses.lse_rows(z, ax))
+      smooth = _row_losses.support_mean_rows(z, ax, w)
+      loss = _kernels.mul_safe(weight, label_term) + jnp.where(valid, eps * smooth, 0)
+    else:
+      loss = _kernels.mul_safe(weight, loss)
   loss = jnp.where(in_range, loss, jnp.nan)
   loss = jnp.where(valid, loss, 0)
   out = _reduction.reduce(loss, reduction, weight=weight, normalizer=normalizer)

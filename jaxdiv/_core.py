@@ -174,9 +174,14 @@ def ce_lse(st: CEStats) -> jax.Array:
   return jnp.where(st.max == _NEG_INF, st.max, st.shift + st.norm)
 
 
+def weighted_support_ce(norm: jax.Array, weight_sum: jax.Array, weighted_rel_sum: jax.Array) -> jax.Array:
+  """``Σ_{c ∈ S} w_c (-log q_c) = (Σ_S w_c)·norm - Σ_S w_c (z_c - m)``: the smoothing sum, class-weighted."""
+  return weight_sum * norm - weighted_rel_sum
+
+
 def support_ce(st: CEStats) -> jax.Array:
   """``Σ_{c ∈ S} -log q_c = k·norm - r``: the cross-entropy against 1 on every supported class."""
-  return st.count * st.norm - st.rel_sum
+  return weighted_support_ce(st.norm, st.count, st.rel_sum)
 
 
 def z_loss_part(cfg: CEConfig, lse: jax.Array) -> jax.Array:

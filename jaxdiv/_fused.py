@@ -28,6 +28,7 @@ loss of :mod:`jaxdiv._sharded`.
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any, Literal, NamedTuple
 
 import jax
@@ -37,6 +38,7 @@ from jax.typing import ArrayLike
 from jaxdiv import _core, _options, _reduction, _row_losses, _rows
 from jaxdiv import _validation as v
 from jaxdiv._core import CEConfig, DivSpec
+from jaxdiv._kernels import mul_safe
 
 Mode = Literal["auto", "fast", "low_memory"]
 Reduction = _reduction.Reduction
@@ -427,6 +429,62 @@ def prepare_labels(labels, token_shape, ignore_index, shift_labels, class_weight
   return safe, active, jax.lax.stop_gradient(weights)
 
 
+def class_keep(where: ArrayLike | None, vocab: int) -> jax.Array | None:
+  """``where`` (a class mask, as everywhere in jaxdiv) checked and broadcast to ``[V]``, or None."""
+  if where is None:
+    return None
+  m = jnp.asarray(where)
+  if m.dtype != jnp.bool_:
+    raise TypeError(f"where must be a boolean mask; got {m.dtype}{list(m.shape)}.")
+  if m.ndim > 1 or (m.ndim == 1 and m.shape[0] not in (1, vocab)):
+    raise ValueError(
+        f"where masks classes and must be broadcastable to [V] = [{vocab}] in the fused losses; got "
+        f"{list(m.shape)}. Mask tokens with token_mask (or weights)."
+    )
+  return jnp.broadcast_to(m, (vocab,))
+
+
+def class_mask(where: ArrayLike | None, vocab: int, b: jax.Array) -> jax.Array:
+  """The bias ``[V]`` with ``-inf`` on the classes ``where`` masks."""
+  keep = class_keep(where, vocab)
+  return b if keep is None else jnp.where(keep, b, jnp.asarray(-jnp.inf, b.dtype))
+
+
+def token_weights(
+    token_shape: tuple, weights: ArrayLike | None, token_mask: ArrayLike | None, dt
+) -> tuple[jax.Array, jax.Array]:
+  """Flat per-token ``(weights, mask)`` from ``weights`` (float, ``token_shape``) and ``token_mask`` (bool).
+
+  A masked token is left out entirely (its loss is not computed into anything, NaN included); a
+  weight of 0 keeps the token counted with zero weight.
+  """
+  out = jnp.ones(token_shape, dt)
+  mask = jnp.ones(token_shape, bool)
+  if weights is not None:
+    w = v.as_floating("weights", weights, "Per-token weights are floats; mask tokens with token_mask.")
+    if w.shape != token_shape:
+      raise ValueError(f"weights must have the token shape {list(token_shape)}; got {list(w.shape)}.")
+    out = jax.lax.stop_gradient(w.astype(dt))
+  if token_mask is not None:
+    mask = jnp.asarray(token_mask)
+    if mask.dtype != jnp.bool_:
+      raise TypeError(f"token_mask must be a boolean mask; got {mask.dtype}{list(mask.shape)}.")
+    if mask.shape != token_shape:
+      raise ValueError(f"token_mask must have the token shape {list(token_shape)}; got {list(mask.shape)}.")
+  return jnp.where(mask, out, 0).reshape(-1), mask.reshape(-1)
+
+
+def aux_outputs(cfg: CEConfig, lse, reduction, weights, active, token_shape, normalizer) -> dict[str, jax.Array]:
+  """``{"logsumexp", "z_loss"}`` side outputs (no gradient): per token under ``"none"``, else reduced."""
+  lse = jax.lax.stop_gradient(jnp.where(active, lse, 0))
+  z_part = jnp.where(active, weights * _core.z_loss_part(cfg, lse), 0)
+  if reduction == "none":
+    return {"logsumexp": lse.reshape(token_shape), "z_loss": z_part.reshape(token_shape)}
+  red = lambda a: _reduction.reduce(a.reshape(token_shape), reduction, weight=weights.reshape(token_shape),
+                                     normalizer=normalizer)
+  return {"logsumexp": red(weights * lse), "z_loss": red(z_part)}
+
+
 def fused_linear_cross_entropy(
     hidden: ArrayLike,
     weight: ArrayLike,
@@ -439,22 +497,28 @@ def fused_linear_cross_entropy(
     z_loss: float = 0.0,
     soft_cap: float | None = None,
     shift_labels: bool = False,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
     reduction: Reduction = "mean",
     normalizer: ArrayLike | None = None,
     return_lse: bool = False,
+    return_aux: bool = False,
     mode: Mode = "auto",
     token_block: int | None = None,
     vocab_block: int | None = None,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+) -> Any:
   r"""Cross-entropy of ``softmax(hidden @ weight + bias)`` against ``labels``, without the ``[N, V]`` logits.
 
   With ``z = c(h W + b)`` (``c`` the optional soft-cap ``s·tanh(x/s)``),
-  ``ε`` the label smoothing and ``λ`` the z-loss coefficient, the loss of a token is
+  ``ε`` the label smoothing, ``λ`` the z-loss coefficient and ``K`` the number
+  of classes on the support (not masked by ``where`` or a ``-inf`` bias), the
+  loss of a token is the one definition of :func:`jaxdiv.cross_entropy`
 
-  .. math:: \ell = (1 - ε)\,(\mathrm{lse}(z) - z_y) + ε\,(\mathrm{lse}(z) - \bar z) + λ\,\mathrm{lse}(z)^2
+  .. math:: \ell = (1 - ε)\,(\mathrm{lse}(z) - z_y) + \frac{ε}{K} \sum_{c \in \mathrm{supp}}
+     (\mathrm{lse}(z) - z_c) + λ\,\mathrm{lse}(z)^2
 
-  (``z̄`` the mean logit: uniform smoothing over all ``V`` classes), times the
-  class weight ``w[y]`` if given. It equals
+  times the class weight ``w[y]`` and the token weight if given. It equals
   ``jaxdiv.cross_entropy(hidden @ weight + bias, labels)`` (plus the options)
   but is computed block by block, forward and backward.
 
@@ -473,6 +537,15 @@ def fused_linear_cross_entropy(
     shift_labels: next-token prediction: position ``t`` of the last axis
       predicts ``labels[..., t + 1]``; the last position is ignored. Only the
       labels are shifted, the hidden states are not copied.
+    where: optional boolean class mask broadcastable to ``[V]`` (e.g. a padded
+      vocabulary): masked classes leave the softmax, as in
+      :func:`jaxdiv.cross_entropy` (whose ``where`` masks classes too).
+    weights: optional float per-token weights, ``labels.shape`` (levanter's
+      ``weight``; gradient accumulation): token ``n`` contributes
+      ``weights[n]·ℓ_n`` and ``"mean"`` divides by ``Σ weights`` (times the
+      class weights). Not differentiated.
+    token_mask: optional boolean per-token mask, ``labels.shape``: masked
+      tokens are left out (0 loss, not counted), as ``ignore_index``.
     reduction: ``"mean"`` (the default here: over counted tokens,
       class-weighted; 0 if none), ``"sum"``, ``"batchmean"`` or ``"none"``
       (per-token losses of ``labels.shape``, 0 where ignored), as
@@ -481,6 +554,9 @@ def fused_linear_cross_entropy(
       instead (micro-batching).
     return_lse: also return the per-token ``lse(z)`` (``labels.shape``,
       float32; a side output with no gradient).
+    return_aux: also return ``{"logsumexp", "z_loss"}`` side outputs (no
+      gradient): per token under ``"none"``, otherwise reduced like the loss;
+      ``aux["z_loss"]`` is the z-loss part of the loss.
     mode: ``"fast"`` (token blocks, gradients formed in the forward pass, a
       ``[D, V]`` float32 accumulator; needs ``reduction != "none"``),
       ``"low_memory"`` (vocabulary blocks, logits recomputed in the backward
@@ -492,8 +568,8 @@ def fused_linear_cross_entropy(
 
   Returns:
     The reduced loss (scalar) or the per-token losses (``labels.shape``),
-    float32 (float64 for float64 inputs); with ``return_lse`` a pair
-    ``(loss, lse)``.
+    float32 (float64 for float64 inputs); with ``return_aux`` a pair
+    ``(loss, aux)``; with ``return_lse`` a pair ``(loss, lse)``.
 
   Numerics:
     Logits are accumulated in float32 whatever the input dtype (bf16
@@ -534,15 +610,20 @@ def fused_linear_cross_entropy(
   token_shape = h.shape[:-1]
   d, vocab = w.shape
   dt, h32, b32 = linear_dtypes(h, w, b)
-  y, active, weights = prepare_labels(
+  b32 = class_mask(where, vocab, b32)
+  y, active, per_token = prepare_labels(
       labels, token_shape, ignore_index, shift_labels, class_weights, vocab, dt)
+  user_weights, user_mask = token_weights(token_shape, weights, token_mask, dt)
+  per_token, active = per_token * user_weights, active & user_mask
   h32 = h32.reshape(-1, d)
   n = h32.shape[0]
   mode = choose_mode(mode, reduction, n, d)
   block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
       "vocab_block", vocab_block, n, vocab)
   spec = Spec(cfg, "labels", block, vocab)
-  out, _, lse = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, (y,), weights, active)
+  out, _, lse = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, (y,), per_token, active)
+  if return_aux:
+    out = (out, aux_outputs(cfg, lse, reduction, per_token, active, token_shape, normalizer))
   return (out, lse.reshape(token_shape)) if return_lse else out
 
 
@@ -557,7 +638,13 @@ def fused_linear_distillation(
     divergence: Divergence = "forward_kl",
     beta: float = 0.5,
     temperature: float = 1.0,
+    scale_by_temperature_squared: bool = False,
+    labels: ArrayLike | None = None,
+    alpha: float = 0.5,
+    ignore_index: int | None = None,
     where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
     reduction: Reduction = "mean",
     normalizer: ArrayLike | None = None,
     mode: Mode = "auto",
@@ -588,10 +675,24 @@ def fused_linear_distillation(
     divergence: ``"forward_kl"``, ``"reverse_kl"`` or ``"jsd"`` (the vocabulary of
       :func:`jaxdiv.distillation_loss`).
     beta: the teacher's weight in the JSD mixture, in ``[0, 1]``.
-    temperature: ``T > 0``, dividing both logits. (Multiply the result by
-      ``T**2`` yourself for Hinton's gradient scale.)
-    where: optional boolean token mask, ``hidden.shape[:-1]``: masked tokens
-      give 0 and are left out of the mean.
+    temperature: ``T > 0``, dividing both logits.
+    scale_by_temperature_squared: multiply the divergence by ``T**2``
+      (Hinton's gradient scale), as :func:`jaxdiv.distillation_loss`. Off by
+      default here, as before.
+    labels: optional integer hard labels, ``hidden.shape[:-1]``: the loss is
+      then ``α·CE(student, labels) + (1 - α)·divergence`` per token, as
+      :func:`jaxdiv.distillation_loss` (the CE at temperature 1, by
+      :func:`jaxdiv.fused_linear_cross_entropy` in the same mode).
+    alpha: ``α`` in ``[0, 1]``, the hard-label weight (with ``labels``).
+    ignore_index: a label value whose tokens are left out entirely (with ``labels``).
+    where: optional boolean class mask broadcastable to ``[V]``: masked classes
+      leave both distributions, as in :func:`jaxdiv.distillation_loss`. (A
+      ``where`` of the token shape is the old token mask: deprecated, use
+      ``token_mask``.)
+    weights: optional float per-token weights, ``hidden.shape[:-1]``; ``"mean"``
+      divides by their sum.
+    token_mask: optional boolean per-token mask, ``hidden.shape[:-1]``: masked
+      tokens give 0 and are left out of the mean.
     reduction: ``"mean"`` (over unmasked tokens; the default), ``"sum"``,
       ``"batchmean"`` or ``"none"``.
     normalizer: optional scalar that ``"mean"``/``"batchmean"`` divide by instead.
@@ -634,6 +735,12 @@ def fused_linear_distillation(
   temp = _options.temperature(temperature)
   d, vocab = w.shape
   token_shape = h.shape[:-1]
+  if where is not None and jnp.shape(where) == token_shape and jnp.shape(where) not in ((), (1,), (vocab,)):
+    warnings.warn("where= as a token mask of fused_linear_distillation is deprecated: where masks classes in "
+                  "every jaxdiv loss; pass token_mask= instead.", DeprecationWarning, stacklevel=2)
+    if token_mask is not None:
+      raise ValueError("pass the token mask once, as token_mask (where= is its deprecated spelling).")
+    where, token_mask = None, where
   if teacher_weight is None:
     if teacher_bias is not None:
       raise ValueError(
@@ -646,8 +753,10 @@ def fused_linear_distillation(
       )
     dt, h32, b32 = linear_dtypes(h, w, b)
     dt = _rows.compute_dtype(dt, t.dtype)
-    h32, b32 = h32.astype(dt), b32.astype(dt)
-    aux = (jax.lax.stop_gradient(t.astype(dt).reshape(-1, vocab)),)
+    h32, b32 = h32.astype(dt), class_mask(where, vocab, b32.astype(dt))
+    keep = class_keep(where, vocab)
+    t = t.astype(dt) if keep is None else jnp.where(jnp.broadcast_to(keep, t.shape), t.astype(dt), -jnp.inf)
+    aux = (jax.lax.stop_gradient(t.reshape(-1, vocab)),)
     teacher_kind = "logits"
   else:
     th, tw, tb = check_linear(teacher, teacher_weight, teacher_bias, prefix="teacher_")
@@ -660,11 +769,19 @@ def fused_linear_distillation(
     dt, h32, b32 = linear_dtypes(h, w, b)
     dt_t, th32, tb32 = linear_dtypes(th, tw, tb)
     dt = _rows.compute_dtype(dt, dt_t)
-    h32, b32 = h32.astype(dt), b32.astype(dt)
-    aux = jax.lax.stop_gradient((th32.astype(dt).reshape(-1, th.shape[-1]), tw, tb32.astype(dt)))
+    h32, b32 = h32.astype(dt), class_mask(where, vocab, b32.astype(dt))
+    tb32 = class_mask(where, vocab, tb32.astype(dt))
+    aux = jax.lax.stop_gradient((th32.astype(dt).reshape(-1, th.shape[-1]), tw, tb32))
     teacher_kind = "hidden"
-  mask = jnp.ones(token_shape, bool) if where is None else v.mask(where, token_shape)
-  mask = mask.reshape(-1)
+  user_weights, mask = token_weights(token_shape, weights, token_mask, dt)
+  if labels is not None:
+    ignore_index = _options.ignore_index(ignore_index)
+    y = v.as_integer("labels", labels)
+    if y.shape != token_shape:
+      raise ValueError(f"labels must have the token shape {list(token_shape)}; got {list(y.shape)}.")
+    if ignore_index is not None:
+      mask = mask & (v.wide_labels(y) != ignore_index).reshape(-1)
+  user_weights = jnp.where(mask, user_weights, 0)
   h32 = h32.reshape(-1, d)
   n = h32.shape[0]
   mode = choose_mode(mode, reduction, n, d)
@@ -673,4 +790,21 @@ def fused_linear_distillation(
   block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
       "vocab_block", vocab_block, n, vocab)
   spec = Spec(DivSpec(kind, beta), teacher_kind, block, vocab, temperature=temp)
-  return run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, aux, mask.astype(dt), mask)[0]
+  if labels is None:
+    out = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, aux, user_weights, mask)[0]
+    return temp * temp * out if scale_by_temperature_squared else out
+  # Hard labels: both terms reduced over the same tokens with the same denominator, so that
+  # α·CE + (1 - α)·D is exactly distillation_loss's per-token mixture, reduced once.
+  alpha = _options.scalar("alpha", alpha, 0.0, 1.0)
+  scale = temp * temp if scale_by_temperature_squared else 1.0
+  if reduction in ("mean", "batchmean") and normalizer is None:
+    weight = user_weights.reshape(token_shape)
+    normalizer = jnp.sum(weight) if reduction == "mean" else (weight.shape[0] if weight.ndim else 1)
+    reduction = "sum" if reduction == "batchmean" else reduction
+  soft = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, aux, user_weights, mask)[0]
+  hard = fused_linear_cross_entropy(
+      h32.reshape(*token_shape, d), w, jnp.where(mask.reshape(token_shape), y, 0), bias=b32,
+      weights=user_weights.reshape(token_shape), token_mask=mask.reshape(token_shape), reduction=reduction,
+      normalizer=normalizer, mode=mode, token_block=token_block, vocab_block=vocab_block)
+  mix = lambda c, x: mul_safe(jnp.asarray(c, x.dtype), x)  # a zero weight on an infinite term is 0
+  return mix(alpha, hard) + mix((1 - alpha) * scale, soft)

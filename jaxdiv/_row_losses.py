@@ -87,13 +87,29 @@ def _ce_rows_jvp(axis, cfg, axis_name, primals, tangents):
   return value, all_reduce(jnp.sum(coeff * dz.astype(cdt), axis=axis), "sum", axis_name)
 
 
-def support_mean_rows(z: jax.Array, axis: int) -> jax.Array:
-  """``Σ_S -log q_c / |S|`` per row (the uniform label-smoothing term; 0 for an empty row). Plain autodiff."""
+def support_mean_rows(z: jax.Array, axis: int, class_weights: jax.Array | None = None) -> jax.Array:
+  """``Σ_S w_c (-log q_c) / |S|`` per row (the uniform smoothing term; ``w = 1`` without class weights).
+
+  0 for an empty row. Plain autodiff through :func:`jaxdiv._rows.row_lse`.
+  """
   cdt = compute_dtype(z.dtype)
   m, norm = row_lse(z, axis, cdt)
-  terms = lambda z, shift: _core.ce_smoothing_terms(widen(z, cdt), shift)
-  rel, count = row_reduce(terms, (z,), (finite_or_zero(m),), axis, ("sum", "sum"))
-  total = _core.support_ce(_core.CEStats(m, norm, jnp.zeros_like(norm), rel, count))
+  shift = finite_or_zero(m)
+  if class_weights is None:
+    terms = lambda z, shift: _core.ce_smoothing_terms(widen(z, cdt), shift)
+    rel, count = row_reduce(terms, (z,), (shift,), axis, ("sum", "sum"))
+    total = _core.support_ce(_core.CEStats(m, norm, jnp.zeros_like(norm), rel, count))
+  else:
+    shape = [1] * z.ndim
+    shape[axis] = z.shape[axis]
+    w = jnp.broadcast_to(class_weights.astype(cdt).reshape(shape), z.shape)
+
+    def terms(z, w, shift):
+      rel, support = _core.ce_smoothing_terms(widen(z, cdt), shift)
+      return w * rel, w * support, support
+
+    w_rel, w_sum, count = row_reduce(terms, (z, w), (shift,), axis, ("sum", "sum", "sum"))
+    total = _core.weighted_support_ce(norm, w_sum, w_rel)
   return jnp.squeeze(jnp.where(count > 0, total / jnp.where(count > 0, count, 1), 0), axis)
 
 

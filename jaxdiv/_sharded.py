@@ -115,6 +115,7 @@ def vocab_parallel_cross_entropy(
     mesh: Mesh,
     vocab_axis: Any,
     token_axis: Any = None,
+    where: ArrayLike | None = None,
     ignore_index: int | None = None,
     class_weights: ArrayLike | None = None,
     label_smoothing: float = 0.0,
@@ -139,8 +140,9 @@ def vocab_parallel_cross_entropy(
     mesh: the device mesh.
     vocab_axis: mesh axis name that splits the vocabulary.
     token_axis: optional mesh axis name that splits the tokens.
-    ignore_index, class_weights, label_smoothing, z_loss, soft_cap, reduction,
-      normalizer: as :func:`jaxdiv.cross_entropy`.
+    where, ignore_index, class_weights, label_smoothing, z_loss, soft_cap,
+      reduction, normalizer: as :func:`jaxdiv.cross_entropy` (``where`` a class
+      mask broadcastable to ``[N, V]``).
 
   Returns:
     ``[N]`` per-token losses (``reduction="none"``, the default; sharded like
@@ -172,7 +174,12 @@ def vocab_parallel_cross_entropy(
   (z,) = v.to_compute(z)
   n, vocab = z.shape
   _check_layout(mesh, vocab_axis, token_axis, n, vocab)
+  mask = v.mask(where, z.shape)
   y, active, weights = _fused.prepare_labels(y, (n,), ignore_index, False, class_weights, vocab, z.dtype)
+  if mask is not None:
+    z = jnp.where(mask, z, jnp.asarray(-jnp.inf, z.dtype))
+    rows = jnp.any(mask, axis=1)
+    active, weights = active & rows, jnp.where(rows, weights, 0)
   f = _shard_map(_ce_local, (cfg, vocab_axis), mesh, (P(token_axis, vocab_axis), P(token_axis)), P(token_axis))
   loss = jnp.where(y >= 0, f(z, y), jnp.nan)
   if class_weights is not None:
@@ -316,11 +323,15 @@ def vocab_parallel_fused_linear_cross_entropy(
     z_loss: float = 0.0,
     soft_cap: float | None = None,
     shift_labels: bool = False,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
     reduction: _fused.Reduction = "mean",
     normalizer: ArrayLike | None = None,
     return_lse: bool = False,
+    return_aux: bool = False,
     vocab_block: int | None = None,
-) -> jax.Array | tuple[jax.Array, jax.Array]:
+) -> Any:
   r""":func:`jaxdiv.fused_linear_cross_entropy` with the unembedding sharded along the vocabulary.
 
   Each device holds ``weight[:, V/P]`` (and the matching bias slice) and,
@@ -341,8 +352,8 @@ def vocab_parallel_fused_linear_cross_entropy(
     vocab_axis: mesh axis name that splits the vocabulary.
     token_axis: optional mesh axis name that splits the tokens.
     bias, ignore_index, class_weights, label_smoothing, z_loss, soft_cap,
-      shift_labels, reduction, normalizer, return_lse: as
-      :func:`jaxdiv.fused_linear_cross_entropy`.
+      shift_labels, where, weights, token_mask, reduction, normalizer,
+      return_lse, return_aux: as :func:`jaxdiv.fused_linear_cross_entropy`.
     vocab_block: classes per block within a device's shard.
 
   Returns:
@@ -372,8 +383,11 @@ def vocab_parallel_fused_linear_cross_entropy(
   token_shape = h.shape[:-1]
   d, vocab = w.shape
   dt, h32, b32 = _fused.linear_dtypes(h, w, b)
-  y, active, weights = _fused.prepare_labels(
+  b32 = _fused.class_mask(where, vocab, b32)
+  y, active, per_token = _fused.prepare_labels(
       labels, token_shape, ignore_index, shift_labels, class_weights, vocab, dt)
+  user_weights, user_mask = _fused.token_weights(token_shape, weights, token_mask, dt)
+  per_token, active = per_token * user_weights, active & user_mask
   h32 = h32.reshape(-1, d)
   n = h32.shape[0]
   _check_layout(mesh, vocab_axis, token_axis, n, vocab)
@@ -386,6 +400,8 @@ def vocab_parallel_fused_linear_cross_entropy(
   in_specs = (P(token_axis, None), P(None, vocab_axis), P(vocab_axis), tokens)
   f = _shard_map(_fused_local, (spec,), mesh, in_specs, (tokens, tokens))
   loss, lse = f(h32, w, b32, y)
-  per_token = jnp.where(active, weights * jnp.where(active, loss, 0), 0).reshape(token_shape)
-  out = _reduction.reduce(per_token, reduction, weight=weights.reshape(token_shape), normalizer=normalizer)
+  per_token_loss = jnp.where(active, per_token * jnp.where(active, loss, 0), 0).reshape(token_shape)
+  out = _reduction.reduce(per_token_loss, reduction, weight=per_token.reshape(token_shape), normalizer=normalizer)
+  if return_aux:
+    out = (out, _fused.aux_outputs(cfg, lse, reduction, per_token, active, token_shape, normalizer))
   return (out, jax.lax.stop_gradient(lse).reshape(token_shape)) if return_lse else out

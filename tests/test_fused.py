@@ -328,3 +328,84 @@ def test_distillation_under_vmap_and_its_forward_mode_error():
     _assert_close(got[i], jaxdiv.reverse_kl_divergence(hs[i] @ w, ts[i]))
   with pytest.raises(TypeError, match="forward-mode"):
     jax.jacfwd(lambda h: jaxdiv.fused_linear_distillation(h, w, ts[0]))(hs[0])
+
+
+# --------------------------------------------------------------------------- #
+# The options of the materialised losses, on the fused ones
+# --------------------------------------------------------------------------- #
+
+
+def _options_problem():
+  rng = np.random.default_rng(7)
+  n, d, vocab = 12, 6, 40
+  h = jnp.asarray(rng.normal(size=(n, d)), jnp.float32)
+  w = jnp.asarray(rng.normal(size=(d, vocab)), jnp.float32)
+  t = jnp.asarray(rng.normal(size=(n, vocab)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 35, size=n), jnp.int32).at[::4].set(-100)
+  classes = jnp.arange(vocab) < 35  # a class mask: the padded vocabulary
+  tokens = jnp.arange(n) % 3 != 0
+  weights = jnp.asarray(rng.uniform(0.5, 2.0, size=n), jnp.float32)
+  return h, w, t, y, classes, tokens, weights
+
+
+@pytest.mark.parametrize("mode", ["fast", "low_memory"])
+def test_fused_cross_entropy_takes_a_class_mask_token_weights_a_token_mask_and_side_outputs(mode):
+  h, w, _, y, classes, tokens, weights = _options_problem()
+  kw = {"label_smoothing": 0.1, "z_loss": 1e-3, "ignore_index": -100}
+  loss, aux = jaxdiv.fused_linear_cross_entropy(
+      h, w, y, where=classes, weights=weights, token_mask=tokens, return_aux=True, mode=mode, **kw)
+  per_example = jaxdiv.cross_entropy(h @ w, y, where=jnp.broadcast_to(classes, (12, 40)), **kw)
+  counted = tokens & (y != -100)
+  want = jnp.sum(jnp.where(counted, weights * per_example, 0)) / jnp.sum(jnp.where(counted, weights, 0))
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
+  _, want_aux = jaxdiv.cross_entropy(h @ w, y, where=jnp.broadcast_to(classes, (12, 40)), return_aux=True, **kw)
+  del want_aux
+  lse = jax.nn.logsumexp(jnp.where(classes, h @ w, -jnp.inf), axis=1)
+  np.testing.assert_allclose(aux["logsumexp"], jnp.sum(jnp.where(counted, weights * lse, 0)) /
+                             jnp.sum(jnp.where(counted, weights, 0)), rtol=1e-6)
+  np.testing.assert_allclose(aux["z_loss"], jnp.sum(jnp.where(counted, weights * 1e-3 * lse**2, 0)) /
+                             jnp.sum(jnp.where(counted, weights, 0)), rtol=1e-6)
+  grad = jax.grad(lambda h: jaxdiv.fused_linear_cross_entropy(
+      h, w, y, where=classes, weights=weights, token_mask=tokens, mode=mode, **kw))(h)
+  want_grad = jax.grad(lambda h: jnp.sum(jnp.where(counted, weights * jaxdiv.cross_entropy(
+      h @ w, y, where=jnp.broadcast_to(classes, (12, 40)), **kw), 0)) / jnp.sum(jnp.where(counted, weights, 0)))(h)
+  np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("mode, reduction", [("fast", "mean"), ("fast", "sum"), ("low_memory", "mean"),
+                                             ("low_memory", "sum"), ("low_memory", "none")])
+def test_fused_distillation_has_the_hard_label_term_and_the_temperature_scale_of_distillation_loss(mode, reduction):
+  h, w, t, y, classes, tokens, weights = _options_problem()
+  kw = {"temperature": 2.0, "divergence": "jsd", "beta": 0.3}
+  got = jaxdiv.fused_linear_distillation(
+      h, w, t, labels=y, alpha=0.3, ignore_index=-100, scale_by_temperature_squared=True, where=classes,
+      token_mask=tokens, weights=weights, mode=mode, reduction=reduction, **kw)
+  per_example = jaxdiv.distillation_loss(
+      h @ w, t, labels=y, alpha=0.3, ignore_index=-100, where=jnp.broadcast_to(classes, (12, 40)) & tokens[:, None],
+      **kw)
+  counted = tokens & (y != -100)
+  if reduction == "none":
+    want = jnp.where(counted, weights * per_example, 0)
+  else:
+    want = jnp.sum(weights * per_example)
+    want = want / jnp.sum(jnp.where(counted, weights, 0)) if reduction == "mean" else want
+  np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+
+
+def test_a_token_shaped_where_in_fused_distillation_is_the_deprecated_token_mask():
+  h, w, t, _, _, tokens, _ = _options_problem()
+  with pytest.warns(DeprecationWarning, match="pass token_mask= instead"):
+    old = jaxdiv.fused_linear_distillation(h, w, t, where=tokens)
+  np.testing.assert_array_equal(old, jaxdiv.fused_linear_distillation(h, w, t, token_mask=tokens))
+
+
+def test_fused_option_errors_name_the_argument():
+  h, w, _, y, _, tokens, weights = _options_problem()
+  with pytest.raises(ValueError, match=r"where masks classes and must be broadcastable to \[V\] = \[40\]"):
+    jaxdiv.fused_linear_cross_entropy(h, w, y, where=jnp.ones((12, 40), bool))
+  with pytest.raises(ValueError, match=r"weights must have the token shape \[12\]; got \[3\]"):
+    jaxdiv.fused_linear_cross_entropy(h, w, y, weights=weights[:3])
+  with pytest.raises(TypeError, match=r"token_mask must be a boolean mask; got float32\[12\]"):
+    jaxdiv.fused_linear_cross_entropy(h, w, y, token_mask=weights)
+  with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]; got 2.0\."):
+    jaxdiv.fused_linear_distillation(h, w, h @ w, labels=y, alpha=2.0)

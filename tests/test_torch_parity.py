@@ -8,8 +8,8 @@ Where jaxdiv's documented formula and torch's agree (no class weights, or no
 smoothing) the default call must give torch's numbers. With both, they differ
 by design: jaxdiv weights the whole smoothed example by ``w[y]``; torch weights
 each class's smoothing term by its own ``w_c`` and still divides the mean by
-``Σ w[y_n]``. Those cases call the proposed ``weighting="torch"`` option and
-are strict xfails until it exists (issue 13).
+``Σ w[y_n]``. Those cases call ``weighting="torch"``, which must give torch's
+numbers.
 """
 
 from __future__ import annotations
@@ -83,7 +83,6 @@ def test_default_semantics_weight_the_whole_smoothed_example_by_the_label_weight
   assert not np.allclose(got, _torch(z, y, w, IGNORE[ignore], reduction, smoothing), rtol=1e-3)
 
 
-@pytest.mark.xfail(strict=True, reason="weighting='torch' option: lead engineer")
 @pytest.mark.parametrize("weights, ignore, reduction, smoothing", DIFFER, ids=str)
 def test_weighting_torch_equals_torch(weights, ignore, reduction, smoothing):
   z, y = _batch(3)
