@@ -140,9 +140,8 @@ def vocab_parallel_cross_entropy(
     mesh: the device mesh.
     vocab_axis: mesh axis name that splits the vocabulary.
     token_axis: optional mesh axis name that splits the tokens.
-    where, ignore_index, class_weights, label_smoothing, z_loss, soft_cap,
-      reduction, normalizer: as :func:`jaxdiv.cross_entropy` (``where`` a class
-      mask broadcastable to ``[N, V]``).
+    where, ignore_index, class_weights, label_smoothing, z_loss, soft_cap, reduction, normalizer: as
+      :func:`jaxdiv.cross_entropy` (``where`` a class mask broadcastable to ``[N, V]``).
 
   Returns:
     ``[N]`` per-token losses (``reduction="none"``, the default; sharded like
@@ -351,9 +350,10 @@ def vocab_parallel_fused_linear_cross_entropy(
     mesh: the device mesh.
     vocab_axis: mesh axis name that splits the vocabulary.
     token_axis: optional mesh axis name that splits the tokens.
-    bias, ignore_index, class_weights, label_smoothing, z_loss, soft_cap,
-      shift_labels, where, weights, token_mask, reduction, normalizer,
-      return_lse, return_aux: as :func:`jaxdiv.fused_linear_cross_entropy`.
+    bias, ignore_index, class_weights, label_smoothing, z_loss, soft_cap, shift_labels: as
+      :func:`jaxdiv.fused_linear_cross_entropy`.
+    where, weights, token_mask, reduction, normalizer, return_lse, return_aux: as
+      :func:`jaxdiv.fused_linear_cross_entropy`.
     vocab_block: classes per block within a device's shard.
 
   Returns:

@@ -17,17 +17,17 @@ no registration: each is read as one of five parameter families (its
 too. Neither library is ever imported by this module: an object is recognised
 by the library its classes come from. The families and their jaxdiv functions:
 
-============================================  ==========================================================
-first / second distribution                   jaxdiv function
-============================================  ==========================================================
-Normal / Normal                               :func:`jaxdiv.gaussian_kl_divergence` (per element)
-MultivariateNormalDiag / same                 :func:`jaxdiv.gaussian_kl_divergence` (event axis)
-any multivariate normal / any (Tri, TriL,     :func:`jaxdiv.multivariate_normal_kl_divergence`
+==============================================  ==========================================================
+first / second distribution                     jaxdiv function
+==============================================  ==========================================================
+Normal / Normal                                 :func:`jaxdiv.gaussian_kl_divergence` (per element)
+MultivariateNormalDiag / same                   :func:`jaxdiv.gaussian_kl_divergence` (event axis)
+any multivariate normal / any (Tri, TriL,       :func:`jaxdiv.multivariate_normal_kl_divergence`
 FullCovariance, DiagPlusLowRank, FromBijector,
 LinearOperator)
-Bernoulli / Bernoulli                         :func:`jaxdiv.binary_kl_divergence`
-Categorical / Categorical                     :func:`jaxdiv.kl_divergence_with_log_targets`
-============================================  ==========================================================
+Bernoulli / Bernoulli                           :func:`jaxdiv.binary_kl_divergence`
+Categorical / Categorical                       :func:`jaxdiv.kl_divergence_with_log_targets`
+==============================================  ==========================================================
 
 :func:`cross_entropy` uses :func:`jaxdiv.gaussian_cross_entropy` and
 :func:`jaxdiv.multivariate_normal_cross_entropy` for the Gaussian families (not
