@@ -37,11 +37,20 @@ KERNELSPEC = {"display_name": "Python 3", "language": "python", "name": "python3
 
 
 def strip(nb: nbformat.NotebookNode) -> nbformat.NotebookNode:
-  """``nb`` without volatile metadata (modified in place, and returned)."""
+  """``nb`` without volatile metadata, and each run of printed text as one output (in place; returned)."""
   nb.metadata = nbformat.from_dict({"kernelspec": KERNELSPEC, "language_info": {"name": "python"}})
   for cell in nb.cells:
     for key in ("execution", "collapsed", "scrolled", "jupyter", "ExecuteTime"):
       cell.metadata.pop(key, None)
+    if cell.cell_type == "code":  # the kernel splits a cell's prints into chunks at random points
+      outputs = []
+      for output in cell.outputs:
+        if outputs and output.output_type == "stream" == outputs[-1].output_type and (
+            output.name == outputs[-1].name):
+          outputs[-1].text += output.text
+        else:
+          outputs.append(output)
+      cell.outputs = outputs
   return nb
 
 
