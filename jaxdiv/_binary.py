@@ -41,7 +41,7 @@ def _inputs(x: jax.Array, target: jax.Array, axis, where):
 def _concrete(value: ArrayLike) -> float | None:
   """``value`` as a Python float if it is a concrete scalar, else None (an array or a traced value)."""
   try:
-    return float(value)
+    return float(value)  # pyright: ignore[reportArgumentType]  (a non-scalar raises, as intended)
   except (TypeError, ValueError, jax.errors.ConcretizationTypeError):
     return None
 

@@ -25,7 +25,7 @@ Shared numerical contract (tested in ``tests/test_categorical.py``):
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, overload
 
 import jax
 import jax.numpy as jnp
@@ -84,6 +84,48 @@ def _log_softmax_lse(z: jax.Array, ax: int) -> tuple[jax.Array, jax.Array]:
   """Log-probabilities and the per-row logsumexp (``-inf`` for an empty row)."""
   log_probs, shift, log_sum = _kernels.log_softmax(z, ax)
   return log_probs, jnp.squeeze(shift + log_sum, ax)
+
+
+@overload
+def cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    smoothing: Literal["uniform", "t5x"] = "uniform",
+    t5x_normalize: bool = False,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    weighting: Literal["example", "torch"] = "example",
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
+    return_aux: Literal[False] = False,
+) -> jax.Array: ...
+
+
+@overload
+def cross_entropy(
+    logits: ArrayLike,
+    labels: ArrayLike,
+    *,
+    axis: int = -1,
+    where: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    smoothing: Literal["uniform", "t5x"] = "uniform",
+    t5x_normalize: bool = False,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    weighting: Literal["example", "torch"] = "example",
+    reduction: Reduction = "none",
+    normalizer: ArrayLike | None = None,
+    return_aux: Literal[True],
+) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
 
 def cross_entropy(
@@ -609,5 +651,5 @@ def entropy(
 
 
 for _f in (kl_divergence, kl_divergence_with_log_targets, reverse_kl_divergence):
-  _f.__doc__ = _f.__doc__.replace("{numerics}", _KL_NUMERICS.strip())
+  _f.__doc__ = (_f.__doc__ or "").replace("{numerics}", _KL_NUMERICS.strip())
 del _f

@@ -305,7 +305,8 @@ def kl_value(total, excess, mass):
 def kl_coefficients(target, logits, stats, value, mass, target_is_log: bool, cdt):
   """``(∂/∂logits, ∂/∂target)`` per class of ``P·KL(p/P ‖ q)`` (``value``, ``mass`` keep the class axis).
 
-  ``∂/∂z = P q - p``; for a log target (``P = 1``) ``∂/∂t = p (log p - log q - KL)``;
+  ``∂/∂z = P q - p``; for a log target (``P = 1``) ``∂/∂t = p (log p - log q - KL)``, and 0 on a
+  row whose KL is ``+inf``;
   for a probability target ``∂/∂p = log p - log q - log P``, 0 where ``p = 0``
   and ``+inf`` where ``p > 0 = q``.
   """
@@ -314,7 +315,8 @@ def kl_coefficients(target, logits, stats, value, mass, target_is_log: bool, cdt
   log_ratio = jnp.where(support, jnp.where(support, log_p, 0) - jnp.where(support, log_q, 0), 0)
   log_ratio = jnp.where(support & (log_q == _NEG_INF), jnp.inf, log_ratio)
   if target_is_log:
-    c_target = mul_safe(p, log_ratio - value)
+    # A row whose divergence is +inf (target mass where q = 0) has no derivative: zero, never NaN.
+    c_target = jnp.where(value == jnp.inf, 0, mul_safe(p, log_ratio - jnp.where(value == jnp.inf, 0, value)))
   else:
     log_mass = jnp.log(jnp.where(mass > 0, mass, 1))
     c_target = jnp.where(support, log_ratio - log_mass, 0)

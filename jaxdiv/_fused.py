@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import functools
 import warnings
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast, overload
 
 import jax
 import jax.numpy as jnp
@@ -70,6 +70,18 @@ class Spec(NamedTuple):
   @property
   def is_ce(self) -> bool:
     return isinstance(self.loss, CEConfig)
+
+  @property
+  def ce(self) -> CEConfig:
+    """The cross-entropy options (a CE spec only)."""
+    assert isinstance(self.loss, CEConfig)
+    return self.loss
+
+  @property
+  def div(self) -> DivSpec:
+    """The divergence (a distillation spec only)."""
+    assert isinstance(self.loss, DivSpec)
+    return self.loss
 
 
 # --------------------------------------------------------------------------- #
@@ -123,7 +135,7 @@ def _ce_block(spec: Spec, z: jax.Array, labels: jax.Array, start, v_local: int) 
 
   ``start`` is the block's first column in this device's ``v_local`` classes.
   """
-  cfg = spec.loss
+  cfg = spec.ce
   zc = _core.capped(z, cfg.soft_cap, z.dtype)
   local = labels[:, None] - (_rows.local_offset(v_local, spec.axis_name) + start)
   return zc, local
@@ -131,7 +143,7 @@ def _ce_block(spec: Spec, z: jax.Array, labels: jax.Array, start, v_local: int) 
 
 def _ce_dlogits(spec: Spec, zc: jax.Array, local: jax.Array, st: _core.CEStats) -> jax.Array:
   """``∂loss/∂raw logits`` of a block, from the capped logits and the finished statistics."""
-  cfg = spec.loss
+  cfg = spec.ce
   onehot = jax.lax.broadcasted_iota(jnp.int32, zc.shape, 1) == local
   return _core.ce_coefficient(cfg, zc, onehot, st) * _core.cap_slope(zc, cfg.soft_cap)
 
@@ -170,13 +182,13 @@ def _token_pass(spec: Spec, h, w, b, aux, coef):
     target = _teacher_block(spec, aux, start, size, cols=False)
     if spec.is_ce:  # the closed-form gradient: one pass over the block, no scatter
       zc, local = _ce_block(spec, z, target, 0, v_size)
-      st = _core.ce_finish(_core.ce_block(spec.loss, zc, local))
-      lb = jnp.where(_in_range(spec, target), _core.ce_value(spec.loss, st)[:, 0], jnp.nan)
+      st = _core.ce_finish(_core.ce_block(spec.ce, zc, local))
+      lb = jnp.where(_in_range(spec, target), _core.ce_value(spec.ce, st)[:, 0], jnp.nan)
       lse_b = _core.ce_lse(st)[:, 0]
       dz = jnp.where(_in_range(spec, target), cb, 0)[:, None] * _ce_dlogits(spec, zc, local, st)
     else:
       inv_t = 1.0 / spec.temperature
-      row = lambda z: _row_losses.divergence_rows(z * inv_t, target * inv_t, 1, spec.loss)
+      row = lambda z: _row_losses.divergence_rows(z * inv_t, target * inv_t, 1, spec.div)
       lb, vjp = jax.vjp(row, z)
       (dz,) = vjp(cb)
       lse_b = jnp.zeros_like(lb)
@@ -235,11 +247,11 @@ def _vocab_pass(spec: Spec, h, w, b, aux):
 
     def body(carry, start, size):
       zc, local = _ce_block(spec, _student_block(spec, h, w, b, start, size), labels, start, v_local)
-      return _core.ce_merge(carry, _core.ce_block(spec.loss, zc, local))
+      return _core.ce_merge(carry, _core.ce_block(spec.ce, zc, local))
 
     init = _varying(spec, _core.CEPartial(neg_inf, zeros, zeros, zeros, zeros))
     st = _core.ce_finish(_core.ce_all_reduce(_for_blocks(v_local, spec.block, body, init), spec.axis_name))
-    loss = jnp.where(_in_range(spec, labels), _core.ce_value(spec.loss, st)[:, 0], jnp.nan)
+    loss = jnp.where(_in_range(spec, labels), _core.ce_value(spec.ce, st)[:, 0], jnp.nan)
     return loss, _core.ce_lse(st)[:, 0], st
 
   inv_t = 1.0 / spec.temperature
@@ -254,18 +266,18 @@ def _vocab_pass(spec: Spec, h, w, b, aux):
   pairs = _for_blocks(v_local, spec.block, lse_body, init)
   (m_s, s_s), (m_t, s_t) = (_rows.lse_all_reduce(p, spec.axis_name) for p in pairs)
   stats = (_rows.finite_or_zero(m_s), _rows.log_norm(s_s), _rows.finite_or_zero(m_t), _rows.log_norm(s_t))
-  kinds = _core.div_kinds(spec.loss)
+  kinds = _core.div_kinds(spec.div)
   reducers = tuple(jnp.sum if k == "sum" else jnp.max for k in kinds)
 
   def value_body(carry, start, size):
-    terms = _core.div_elementwise(spec.loss, student(start, size), teacher(start, size), stats, dt)
+    terms = _core.div_elementwise(spec.div, student(start, size), teacher(start, size), stats, dt)
     block = tuple(r(t, axis=1, keepdims=True) for r, t in zip(reducers, terms, strict=True))
     return tuple(c + t if k == "sum" else jnp.maximum(c, t) for c, t, k in zip(carry, block, kinds, strict=True))
 
   init = _varying(spec, tuple(zeros if k == "sum" else neg_inf for k in kinds))
   sums = _for_blocks(v_local, spec.block, value_body, init)
   sums = tuple(_rows.all_reduce(t, k, spec.axis_name) for t, k in zip(sums, kinds, strict=True))
-  value, residual = _core.div_finish(spec.loss, sums)
+  value, residual = _core.div_finish(spec.div, sums)
   return value[:, 0], (m_s + jnp.log(s_s))[:, 0], (stats, residual)
 
 
@@ -277,7 +289,7 @@ def _vocab_dlogits(spec: Spec, z, start, size, aux, stats, v_local: int):
   inv_t = 1.0 / spec.temperature
   (row_stats, residual) = stats
   teacher = _teacher_block(spec, aux, start, size, cols=True) * inv_t
-  c_student, _ = _core.div_coefficients(spec.loss, z * inv_t, teacher, row_stats, residual, z.dtype)
+  c_student, _ = _core.div_coefficients(spec.div, z * inv_t, teacher, row_stats, residual, z.dtype)
   return c_student * inv_t
 
 
@@ -357,10 +369,12 @@ def block_size(name: str, requested: int | None, other: int, total: int) -> int:
     elements = _FAST_BLOCK_ELEMENTS if name == "token_block" else _LOW_MEMORY_BLOCK_ELEMENTS
     elements = min(elements, other * total // 16)  # and at most 1/16 of the logits
     return max(1, min(total, max(8, elements // max(other, 1))))
-  return min(_options.block(name, requested), max(total, 1))
+  checked = _options.block(name, requested)
+  assert checked is not None
+  return min(checked, max(total, 1))
 
 
-def choose_mode(mode: str, reduction: str, n: int, d: int) -> str:
+def choose_mode(mode: str, reduction: str, n: int, d: int) -> Mode:
   _options.choice("mode", mode, ("auto", "fast", "low_memory"))
   if mode == "fast" and reduction == "none":
     raise ValueError(
@@ -369,10 +383,10 @@ def choose_mode(mode: str, reduction: str, n: int, d: int) -> str:
     )
   if mode == "auto":
     return "fast" if reduction != "none" and n >= 2 * d else "low_memory"
-  return mode
+  return cast(Mode, mode)
 
 
-def run(spec: Spec, mode: str, reduction: str, normalizer, token_shape, h, w, b, aux, weights, token_mask):
+def run(spec: Spec, mode: str, reduction: Reduction, normalizer, token_shape, h, w, b, aux, weights, token_mask):
   """The reduced loss, the per-token losses (masked, weighted; ``token_shape``) and the per-token logsumexp.
 
   The fast mode needs the coefficient of every token's loss in the reduced
@@ -386,9 +400,10 @@ def run(spec: Spec, mode: str, reduction: str, normalizer, token_shape, h, w, b,
 
   if mode == "fast":
     coef = weights * jax.grad(reduce)(jnp.zeros_like(weights))
-    total, loss, lse = _token_core(spec, h, w.astype(h.dtype), b, aux, jax.lax.stop_gradient(coef))
+    total, loss, lse = cast(tuple[jax.Array, jax.Array, jax.Array],
+                            _token_core(spec, h, w.astype(h.dtype), b, aux, jax.lax.stop_gradient(coef)))
     return total, jnp.where(token_mask, weights * loss, 0).reshape(token_shape), jax.lax.stop_gradient(lse)
-  loss, lse = vocab_core(spec, h, w, b, aux)
+  loss, lse = cast(tuple[jax.Array, jax.Array], vocab_core(spec, h, w, b, aux))
   per_token = jnp.where(token_mask, weights * jnp.where(token_mask, loss, 0), 0)
   return reduce(per_token), per_token.reshape(token_shape), jax.lax.stop_gradient(lse)
 
@@ -483,6 +498,84 @@ def aux_outputs(cfg: CEConfig, lse, reduction, weights, active, token_shape, nor
   red = lambda a: _reduction.reduce(a.reshape(token_shape), reduction, weight=weights.reshape(token_shape),
                                      normalizer=normalizer)
   return {"logsumexp": red(weights * lse), "z_loss": red(z_part)}
+
+
+@overload
+def fused_linear_cross_entropy(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    shift_labels: bool = False,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
+    reduction: Reduction = "mean",
+    normalizer: ArrayLike | None = None,
+    return_lse: Literal[False] = False,
+    return_aux: Literal[False] = False,
+    mode: Mode = "auto",
+    token_block: int | None = None,
+    vocab_block: int | None = None,
+) -> jax.Array: ...
+
+
+@overload
+def fused_linear_cross_entropy(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    shift_labels: bool = False,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
+    reduction: Reduction = "mean",
+    normalizer: ArrayLike | None = None,
+    return_lse: Literal[True],
+    return_aux: Literal[False] = False,
+    mode: Mode = "auto",
+    token_block: int | None = None,
+    vocab_block: int | None = None,
+) -> tuple[jax.Array, jax.Array]: ...
+
+
+@overload
+def fused_linear_cross_entropy(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    *,
+    bias: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    shift_labels: bool = False,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
+    reduction: Reduction = "mean",
+    normalizer: ArrayLike | None = None,
+    return_lse: Literal[False] = False,
+    return_aux: Literal[True],
+    mode: Mode = "auto",
+    token_block: int | None = None,
+    vocab_block: int | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
 
 def fused_linear_cross_entropy(
@@ -606,6 +699,8 @@ def fused_linear_cross_entropy(
   """
   h, w, b = check_linear(hidden, weight, bias)
   _reduction.check(reduction, normalizer)
+  if return_lse and return_aux:
+    raise ValueError("return_lse and return_aux both ask for the logsumexp; pass one (aux['logsumexp']).")
   cfg = _options.ce_config(label_smoothing, "uniform", False, z_loss, soft_cap)
   token_shape = h.shape[:-1]
   d, vocab = w.shape
@@ -616,6 +711,8 @@ def fused_linear_cross_entropy(
   user_weights, user_mask = token_weights(token_shape, weights, token_mask, dt)
   per_token, active = per_token * user_weights, active & user_mask
   h32 = h32.reshape(-1, d)
+  if token_mask is not None:  # a masked token's hidden state (NaN included) reaches no value or gradient
+    h32 = jnp.where(user_mask[:, None], h32, 0)
   n = h32.shape[0]
   mode = choose_mode(mode, reduction, n, d)
   block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
@@ -623,7 +720,7 @@ def fused_linear_cross_entropy(
   spec = Spec(cfg, "labels", block, vocab)
   out, _, lse = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, (y,), per_token, active)
   if return_aux:
-    out = (out, aux_outputs(cfg, lse, reduction, per_token, active, token_shape, normalizer))
+    return out, aux_outputs(cfg, lse, reduction, per_token, active, token_shape, normalizer)
   return (out, lse.reshape(token_shape)) if return_lse else out
 
 
@@ -756,7 +853,7 @@ def fused_linear_distillation(
     h32, b32 = h32.astype(dt), class_mask(where, vocab, b32.astype(dt))
     keep = class_keep(where, vocab)
     t = t.astype(dt) if keep is None else jnp.where(jnp.broadcast_to(keep, t.shape), t.astype(dt), -jnp.inf)
-    aux = (jax.lax.stop_gradient(t.reshape(-1, vocab)),)
+    aux: tuple[jax.Array, ...] = (jax.lax.stop_gradient(t.reshape(-1, vocab)),)
     teacher_kind = "logits"
   else:
     th, tw, tb = check_linear(teacher, teacher_weight, teacher_bias, prefix="teacher_")
@@ -783,10 +880,13 @@ def fused_linear_distillation(
       mask = mask & (v.wide_labels(y) != ignore_index).reshape(-1)
   user_weights = jnp.where(mask, user_weights, 0)
   h32 = h32.reshape(-1, d)
+  if token_mask is not None:  # a masked token's hidden state (NaN included) reaches no value or gradient
+    h32 = jnp.where(mask[:, None], h32, 0)
   n = h32.shape[0]
   mode = choose_mode(mode, reduction, n, d)
   if mode == "fast" and teacher_kind == "hidden":
-    aux = (aux[0], aux[1].astype(dt), aux[2])
+    th_, tw_, tb_ = cast(tuple[jax.Array, jax.Array, jax.Array], aux)
+    aux = (th_, tw_.astype(dt), tb_)
   block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
       "vocab_block", vocab_block, n, vocab)
   spec = Spec(DivSpec(kind, beta), teacher_kind, block, vocab, temperature=temp)

@@ -507,5 +507,5 @@ def multivariate_normal_entropy(scale_tril: ArrayLike) -> jax.Array:
 
 
 for _f in (gaussian_kl_divergence, standard_normal_kl_divergence):
-  _f.__doc__ = _f.__doc__.replace("{numerics}", _DIAG_NUMERICS.strip())
+  _f.__doc__ = (_f.__doc__ or "").replace("{numerics}", _DIAG_NUMERICS.strip())
 del _f

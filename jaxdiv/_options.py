@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import operator
 import warnings
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal, NamedTuple, cast
 
 import jax
 
@@ -104,7 +104,7 @@ def divergence(value: Any, beta: Any = 0.5) -> tuple[Divergence, float]:
     return "forward_kl", b
   if value == "jsd" and b == 1.0:
     return "reverse_kl", b
-  return value, b
+  return cast(Divergence, value), b
 
 
 def reverse_flag(reverse: Any, divergence_: Any) -> Any:

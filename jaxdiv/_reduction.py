@@ -48,7 +48,12 @@ def check(reduction: str, normalizer: ArrayLike | None) -> None:
         f"normalizer is only used with reduction='mean' or 'batchmean'; got reduction={reduction!r}. "
         "Drop normalizer or choose a mean."
     )
-  n = jnp.asarray(normalizer)
+  if isinstance(normalizer, (str, bytes)):
+    raise TypeError(f"normalizer must be an integer or floating scalar; got {normalizer!r}.")
+  try:
+    n = jnp.asarray(normalizer)
+  except TypeError as e:
+    raise TypeError(f"normalizer must be an integer or floating scalar; got {normalizer!r}.") from e
   if n.shape != ():
     raise ValueError(f"normalizer must be a scalar (a count or weight sum); got shape {list(n.shape)}.")
   if not (jnp.issubdtype(n.dtype, jnp.integer) or jnp.issubdtype(n.dtype, jnp.floating)):

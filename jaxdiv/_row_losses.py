@@ -96,8 +96,8 @@ def support_mean_rows(z: jax.Array, axis: int, class_weights: jax.Array | None =
   m, norm = row_lse(z, axis, cdt)
   shift = finite_or_zero(m)
   if class_weights is None:
-    terms = lambda z, shift: _core.ce_smoothing_terms(widen(z, cdt), shift)
-    rel, count = row_reduce(terms, (z,), (shift,), axis, ("sum", "sum"))
+    support_terms = lambda z, shift: _core.ce_smoothing_terms(widen(z, cdt), shift)
+    rel, count = row_reduce(support_terms, (z,), (shift,), axis, ("sum", "sum"))
     total = _core.support_ce(_core.CEStats(m, norm, jnp.zeros_like(norm), rel, count))
   else:
     shape = [1] * z.ndim

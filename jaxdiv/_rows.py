@@ -129,13 +129,17 @@ def row_reduce(fn, full: tuple, rows: tuple, axis: int, kinds: tuple, axis_name:
     terms = fn(*folded, *spread)
     outs = tuple(r(r(t, axis=-1).reshape(*shape[:-1], k), axis=-1, keepdims=True)
                  for r, t in zip(reducers, terms, strict=True))
+  # A max carries no derivative here (a row shift, a log target's mass indicator), and pmax has no
+  # differentiation rule: stopped before the collective.
+  outs = tuple(jax.lax.stop_gradient(o) if kind == "max" else o for o, kind in zip(outs, kinds, strict=True))
   return tuple(all_reduce(o, kind, axis_name) for o, kind in zip(outs, kinds, strict=True))
 
 
 def row_max(x: jax.Array, axis: int, cdt, axis_name: Any = None) -> jax.Array:
   """The raw row max of ``x`` in ``cdt`` (over ``axis_name`` too): ``-inf`` for an empty row; no derivative."""
   (m,) = row_reduce(lambda x: (x,), (jax.lax.stop_gradient(x),), (), axis, ("max",))
-  return jax.lax.stop_gradient(all_reduce(m.astype(cdt), "max", axis_name))
+  # Stopped before the pmax, so that no derivative (pmax has none) is ever asked of it, at any order.
+  return all_reduce(jax.lax.stop_gradient(m.astype(cdt)), "max", axis_name)
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(1, 2, 3))

@@ -18,10 +18,11 @@ size of the corresponding mesh axis.
 from __future__ import annotations
 
 import functools
-from typing import Any
+from typing import Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
+from jax.core import Tracer
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
@@ -71,7 +72,7 @@ def _shard_map(fn, static: tuple, mesh, in_specs, out_specs):
   concrete inputs are placed with ``device_put``, and an Explicit mesh, where
   sharding is part of the type, uses ``jax.reshard``.
   """
-  mapped, compiled = _program(fn, static, mesh, tuple(in_specs), out_specs)
+  _, compiled = _program(fn, static, mesh, tuple(in_specs), out_specs)
   explicit = any(t == AxisType.Explicit for t in mesh.axis_types)
 
   def run(*args):
@@ -79,18 +80,20 @@ def _shard_map(fn, static: tuple, mesh, in_specs, out_specs):
     if explicit:
       args = [jax.reshard(a, s) for a, s in zip(args, shardings)]
     else:
-      args = [a if isinstance(a, jax.core.Tracer) else jax.device_put(a, s) for a, s in zip(args, shardings)]
-    if not any(isinstance(a, jax.core.Tracer) for a in args):
-      # An eager call: one compiled program, cached across calls (see _program),
-      # instead of dispatching op by op on every device or recompiling.
-      return compiled(*args)
-    return mapped(*args)
+      args = [a if isinstance(a, Tracer) else jax.device_put(a, s) for a, s in zip(args, shardings)]
+    # Always the jitted program, cached across calls (see _program): eagerly it is compiled once
+    # instead of dispatched op by op on every device (also under an eager grad or vmap); inside an
+    # outer jit it is inlined.
+    return compiled(*args)
 
   return run
 
 
-def _two_sided(name, logits, target, target_name, mesh, vocab_axis, token_axis):
-  """Validated global ``(logits, target)`` of the same ``[N, V]`` shape, in the compute dtype."""
+def _two_sided(name, logits, target, target_name, mesh, vocab_axis, token_axis, where=None):
+  """Validated global ``(logits, target, row mask)`` of the same ``[N, V]`` shape, in the compute dtype.
+
+  ``where`` masks classes of both (``-inf``); the row mask says which rows keep a class (None: all).
+  """
   z = v.as_floating("logits", logits)
   t = v.as_floating(target_name, target, _INT_HINT)
   if z.ndim != 2:
@@ -99,7 +102,19 @@ def _two_sided(name, logits, target, target_name, mesh, vocab_axis, token_axis):
   v.same_shape(target_name, t, "logits", z)
   z, t = v.to_compute(z, t)
   _check_layout(mesh, vocab_axis, token_axis, z.shape[0], z.shape[1])
-  return z, t
+  mask = v.mask(where, z.shape)
+  if mask is None:
+    return z, t, None
+  neg_inf = jnp.asarray(-jnp.inf, z.dtype)
+  return jnp.where(mask, z, neg_inf), jnp.where(mask, t, neg_inf), jnp.any(mask, axis=1)
+
+
+def _reduce_rows(loss, rows, reduction, normalizer):
+  """The one reduction, a row counting towards the mean if any of its classes is unmasked."""
+  if rows is not None:
+    loss = jnp.where(rows, loss, 0)
+  weight = None if rows is None else rows.astype(loss.dtype)
+  return _reduction.reduce(loss, reduction, weight=weight, normalizer=normalizer)
 
 
 def _ce_local(cfg: _options.CEConfig, vocab_axis: Any, z: jax.Array, y: jax.Array) -> jax.Array:
@@ -204,9 +219,12 @@ def vocab_parallel_kl_divergence(
     mesh: Mesh,
     vocab_axis: Any,
     token_axis: Any = None,
+    where: ArrayLike | None = None,
     divergence: _options.Divergence = "forward_kl",
     beta: float = 0.5,
     reverse: bool | None = None,
+    reduction: _reduction.Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""KL(p ‖ q) (or the reverse KL, or JSD_β) between vocabulary-sharded target and model logits.
 
@@ -229,9 +247,12 @@ def vocab_parallel_kl_divergence(
       :func:`jaxdiv.jensen_shannon_divergence`, with ``beta``).
     beta: the target's weight in the JSD mixture, in ``[0, 1]``.
     reverse: deprecated; ``reverse=True`` is ``divergence="reverse_kl"``.
+    where, reduction, normalizer: as :func:`jaxdiv.kl_divergence_with_log_targets`
+      (``where`` a class mask broadcastable to ``[N, V]``, applied to both).
 
   Returns:
-    ``[N]`` per-token divergences, float32 (float64 for float64 inputs).
+    ``[N]`` per-token divergences (``reduction="none"``, the default) or the
+    reduced scalar, float32 (float64 for float64 inputs).
 
   Numerics:
     As :func:`jaxdiv.kl_divergence_with_log_targets`, on every device layout:
@@ -249,9 +270,11 @@ def vocab_parallel_kl_divergence(
     True
   """
   name = "vocab_parallel_kl_divergence"
-  z, t = _two_sided(name, logits, target_logits, "target_logits", mesh, vocab_axis, token_axis)
   kind, beta = _options.divergence(_options.reverse_flag(reverse, divergence), beta)
-  return _divergence(_core.DivSpec(kind, beta), z, t, mesh, vocab_axis, token_axis)
+  _reduction.check(reduction, normalizer)
+  z, t, rows = _two_sided(name, logits, target_logits, "target_logits", mesh, vocab_axis, token_axis, where)
+  loss = _divergence(_core.DivSpec(kind, beta), z, t, mesh, vocab_axis, token_axis)
+  return _reduce_rows(loss, rows, reduction, normalizer)
 
 
 def vocab_parallel_jensen_shannon_divergence(
@@ -261,7 +284,10 @@ def vocab_parallel_jensen_shannon_divergence(
     mesh: Mesh,
     vocab_axis: Any,
     token_axis: Any = None,
+    where: ArrayLike | None = None,
     beta: float = 0.5,
+    reduction: _reduction.Reduction = "none",
+    normalizer: ArrayLike | None = None,
 ) -> jax.Array:
   r"""JSD_β between vocabulary-sharded model and target logits (GKD convention).
 
@@ -279,9 +305,11 @@ def vocab_parallel_jensen_shannon_divergence(
     vocab_axis: mesh axis name that splits the vocabulary.
     token_axis: optional mesh axis name that splits the tokens.
     beta: the target's weight in the mixture, in ``[0, 1]``.
+    where, reduction, normalizer: as :func:`jaxdiv.jensen_shannon_divergence`.
 
   Returns:
-    ``[N]`` per-token divergences, float32 (float64 for float64 inputs).
+    ``[N]`` per-token divergences (``reduction="none"``, the default) or the
+    reduced scalar, float32 (float64 for float64 inputs).
 
   Numerics:
     As :func:`jaxdiv.jensen_shannon_divergence` (the same definition): the
@@ -297,14 +325,97 @@ def vocab_parallel_jensen_shannon_divergence(
     True
   """
   name = "vocab_parallel_jensen_shannon_divergence"
-  z, t = _two_sided(name, logits, target_logits, "target_logits", mesh, vocab_axis, token_axis)
   kind, beta = _options.divergence("jsd", beta)
-  return _divergence(_core.DivSpec(kind, beta), z, t, mesh, vocab_axis, token_axis)
+  _reduction.check(reduction, normalizer)
+  z, t, rows = _two_sided(name, logits, target_logits, "target_logits", mesh, vocab_axis, token_axis, where)
+  loss = _divergence(_core.DivSpec(kind, beta), z, t, mesh, vocab_axis, token_axis)
+  return _reduce_rows(loss, rows, reduction, normalizer)
 
 
 def _fused_local(spec: _fused.Spec, h, w, b, y):
   """A device's share of the vocabulary-block schedule (statistics combined over the spec's mesh axes)."""
   return _fused.vocab_core(spec, h, w, b, (y,))
+
+
+@overload
+def vocab_parallel_fused_linear_cross_entropy(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: Any,
+    token_axis: Any = None,
+    bias: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    shift_labels: bool = False,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
+    reduction: _fused.Reduction = "mean",
+    normalizer: ArrayLike | None = None,
+    return_lse: Literal[False] = False,
+    return_aux: Literal[False] = False,
+    vocab_block: int | None = None,
+) -> jax.Array: ...
+
+
+@overload
+def vocab_parallel_fused_linear_cross_entropy(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: Any,
+    token_axis: Any = None,
+    bias: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    shift_labels: bool = False,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
+    reduction: _fused.Reduction = "mean",
+    normalizer: ArrayLike | None = None,
+    return_lse: Literal[True],
+    return_aux: Literal[False] = False,
+    vocab_block: int | None = None,
+) -> tuple[jax.Array, jax.Array]: ...
+
+
+@overload
+def vocab_parallel_fused_linear_cross_entropy(
+    hidden: ArrayLike,
+    weight: ArrayLike,
+    labels: ArrayLike,
+    *,
+    mesh: Mesh,
+    vocab_axis: Any,
+    token_axis: Any = None,
+    bias: ArrayLike | None = None,
+    ignore_index: int | None = None,
+    class_weights: ArrayLike | None = None,
+    label_smoothing: float = 0.0,
+    z_loss: float = 0.0,
+    soft_cap: float | None = None,
+    shift_labels: bool = False,
+    where: ArrayLike | None = None,
+    weights: ArrayLike | None = None,
+    token_mask: ArrayLike | None = None,
+    reduction: _fused.Reduction = "mean",
+    normalizer: ArrayLike | None = None,
+    return_lse: Literal[False] = False,
+    return_aux: Literal[True],
+    vocab_block: int | None = None,
+) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
 
 def vocab_parallel_fused_linear_cross_entropy(
@@ -379,6 +490,8 @@ def vocab_parallel_fused_linear_cross_entropy(
   """
   h, w, b = _fused.check_linear(hidden, weight, bias)
   _reduction.check(reduction, normalizer)
+  if return_lse and return_aux:
+    raise ValueError("return_lse and return_aux both ask for the logsumexp; pass one (aux['logsumexp']).")
   cfg = _options.ce_config(label_smoothing, "uniform", False, z_loss, soft_cap)
   token_shape = h.shape[:-1]
   d, vocab = w.shape
@@ -389,6 +502,8 @@ def vocab_parallel_fused_linear_cross_entropy(
   user_weights, user_mask = _fused.token_weights(token_shape, weights, token_mask, dt)
   per_token, active = per_token * user_weights, active & user_mask
   h32 = h32.reshape(-1, d)
+  if token_mask is not None:  # a masked token's hidden state (NaN included) reaches no value or gradient
+    h32 = jnp.where(user_mask[:, None], h32, 0)
   n = h32.shape[0]
   _check_layout(mesh, vocab_axis, token_axis, n, vocab)
   v_local = vocab // mesh.shape[vocab_axis]
@@ -403,5 +518,5 @@ def vocab_parallel_fused_linear_cross_entropy(
   per_token_loss = jnp.where(active, per_token * jnp.where(active, loss, 0), 0).reshape(token_shape)
   out = _reduction.reduce(per_token_loss, reduction, weight=per_token.reshape(token_shape), normalizer=normalizer)
   if return_aux:
-    out = (out, _fused.aux_outputs(cfg, lse, reduction, per_token, active, token_shape, normalizer))
+    return out, _fused.aux_outputs(cfg, lse, reduction, per_token, active, token_shape, normalizer)
   return (out, jax.lax.stop_gradient(lse).reshape(token_shape)) if return_lse else out

@@ -276,11 +276,12 @@ class _MultivariateNormal(NamedTuple):
     if self.scale_tril is not None:
       return self.scale_tril
     d = self.scale_diag
+    assert d is not None, "a multivariate normal has a scale_tril or a scale_diag"
     k = d.shape[-1]
     return d[..., None] * jnp.broadcast_to(jnp.eye(k, dtype=d.dtype), d.shape + (k,))
 
   def batch_shape(self) -> tuple[int, ...]:
-    scale = self.scale_diag.shape[:-1] if self.scale_tril is None else self.scale_tril.shape[:-2]
+    scale = self.tril().shape[:-2]
     return jnp.broadcast_shapes(self.loc.shape[:-1], scale)
 
 

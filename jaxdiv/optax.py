@@ -397,6 +397,7 @@ def smooth_labels(
     num = jnp.asarray(_num_classes(y.shape, axes), y.dtype)
   else:
     mask = _elementwise_where(where, y.shape)
+    assert mask is not None
     num = jnp.sum(mask, axis=axes, keepdims=True).astype(y.dtype)
   return (1 - a) * y + a / num
 

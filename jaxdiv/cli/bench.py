@@ -189,7 +189,7 @@ def measure_case(
   medians = {name: statistics.median(s) * 1e3 for name, s in samples.items()}
   baseline = names[1]
   return [
-      Row(loss, mode, tuple(shape), dtype, name, medians[name], medians[name] / medians[baseline], temp[name],
+      Row(loss, mode, (shape[0], shape[1]), dtype, name, medians[name], medians[name] / medians[baseline], temp[name],
           baseline)
       for name in names
   ]
@@ -312,6 +312,7 @@ def to_markdown(rows: Sequence[Row], repeats: int) -> str:
       b = case[baseline]
       cells += [f"{j.median_ms:.2f} / {b.median_ms:.2f}", f"**{j.ratio:.2f}×**"]
     case = by_key.get((loss, shape, dtype, "fwd+bwd")) or by_key.get((loss, shape, dtype, "fwd"))
+    assert case is not None, (loss, shape, dtype)
     j, b = case["jaxdiv"], case[baseline]
     mem = f"{_fmt_mib(j.temp_mib)} / {_fmt_mib(b.temp_mib)}"
     lines.append(

@@ -31,6 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jaxdiv
+from jaxdiv import _fused as jaxdiv_fused
 
 MiB = 1 << 20
 
@@ -70,12 +71,18 @@ def _checkpointed_scan(chunk: int):
   return loss
 
 
-def _fused(mode: str, **blocks):
+def _fused(mode: jaxdiv_fused.Mode, **blocks):
   return lambda h, w, y: jaxdiv.fused_linear_cross_entropy(h, w, y, mode=mode, **blocks)
 
 
 def _compiled(loss, h, w, y):
   return jax.jit(jax.value_and_grad(loss, (0, 1))).lower(h, w, y).compile()
+
+
+def _temp_bytes(compiled) -> int:
+  analysis = compiled.memory_analysis()
+  assert analysis is not None, "this backend reports no compiled memory"
+  return analysis.temp_size_in_bytes
 
 
 def measure(loss, h, w, y, repeats: int) -> dict:
@@ -86,7 +93,7 @@ def measure(loss, h, w, y, repeats: int) -> dict:
 def measure_all(methods: dict, h, w, y, repeats: int) -> dict:
   """:func:`measure` for several methods, timed round-robin so that a busy machine slows them alike."""
   compiled = {name: _compiled(loss, h, w, y) for name, loss in methods.items()}
-  rows = {name: {"temp_mib": c.memory_analysis().temp_size_in_bytes / MiB} for name, c in compiled.items()}
+  rows = {name: {"temp_mib": _temp_bytes(c) / MiB} for name, c in compiled.items()}
   if repeats == 0:
     return rows
   for c in compiled.values():
