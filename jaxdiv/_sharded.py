@@ -27,7 +27,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jaxdiv import _core, _fused, _kernels, _options, _reduction, _row_losses
+from jaxdiv import _blocks, _core, _kernels, _options, _reduction, _row_losses
+from jaxdiv import _fused_inputs as _inputs
 from jaxdiv import _validation as v
 
 _INT_HINT = "For integer class labels use jaxdiv.vocab_parallel_cross_entropy."
@@ -189,7 +190,7 @@ def vocab_parallel_cross_entropy(
   n, vocab = z.shape
   _check_layout(mesh, vocab_axis, token_axis, n, vocab)
   mask = v.mask(where, z.shape)
-  y, active, weights = _fused.prepare_labels(y, (n,), ignore_index, False, class_weights, vocab, z.dtype)
+  y, active, weights = _inputs.prepare_labels(y, (n,), ignore_index, False, class_weights, vocab, z.dtype)
   if mask is not None:
     z = jnp.where(mask, z, jnp.asarray(-jnp.inf, z.dtype))
     rows = jnp.any(mask, axis=1)
@@ -332,9 +333,9 @@ def vocab_parallel_jensen_shannon_divergence(
   return _reduce_rows(loss, rows, reduction, normalizer)
 
 
-def _fused_local(spec: _fused.Spec, h, w, b, y):
+def _fused_local(spec: _blocks.Spec, h, w, b, y):
   """A device's share of the vocabulary-block schedule (statistics combined over the spec's mesh axes)."""
-  return _fused.vocab_core(spec, h, w, b, (y,))
+  return _blocks.vocab_core(spec, h, w, b, (y,))
 
 
 @overload
@@ -356,7 +357,7 @@ def vocab_parallel_fused_linear_cross_entropy(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     token_mask: ArrayLike | None = None,
-    reduction: _fused.Reduction = "mean",
+    reduction: _inputs.Reduction = "mean",
     normalizer: ArrayLike | None = None,
     return_lse: Literal[False] = False,
     return_aux: Literal[False] = False,
@@ -383,7 +384,7 @@ def vocab_parallel_fused_linear_cross_entropy(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     token_mask: ArrayLike | None = None,
-    reduction: _fused.Reduction = "mean",
+    reduction: _inputs.Reduction = "mean",
     normalizer: ArrayLike | None = None,
     return_lse: Literal[True],
     return_aux: Literal[False] = False,
@@ -410,7 +411,7 @@ def vocab_parallel_fused_linear_cross_entropy(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     token_mask: ArrayLike | None = None,
-    reduction: _fused.Reduction = "mean",
+    reduction: _inputs.Reduction = "mean",
     normalizer: ArrayLike | None = None,
     return_lse: Literal[False] = False,
     return_aux: Literal[True],
@@ -436,7 +437,7 @@ def vocab_parallel_fused_linear_cross_entropy(
     where: ArrayLike | None = None,
     weights: ArrayLike | None = None,
     token_mask: ArrayLike | None = None,
-    reduction: _fused.Reduction = "mean",
+    reduction: _inputs.Reduction = "mean",
     normalizer: ArrayLike | None = None,
     return_lse: bool = False,
     return_aux: bool = False,
@@ -488,18 +489,18 @@ def vocab_parallel_fused_linear_cross_entropy(
     >>> bool(jnp.allclose(loss, jnp.mean(jaxdiv.cross_entropy(h @ w, y)), rtol=1e-6))
     True
   """
-  h, w, b = _fused.check_linear(hidden, weight, bias)
+  h, w, b = _inputs.check_linear(hidden, weight, bias)
   _reduction.check(reduction, normalizer)
   if return_lse and return_aux:
     raise ValueError("return_lse and return_aux both ask for the logsumexp; pass one (aux['logsumexp']).")
   cfg = _options.ce_config(label_smoothing, "uniform", False, z_loss, soft_cap)
   token_shape = h.shape[:-1]
   d, vocab = w.shape
-  dt, h32, b32 = _fused.linear_dtypes(h, w, b)
-  b32 = _fused.class_mask(where, vocab, b32)
-  y, active, per_token = _fused.prepare_labels(
+  dt, h32, b32 = _inputs.linear_dtypes(h, w, b)
+  b32 = _inputs.class_mask(where, vocab, b32)
+  y, active, per_token = _inputs.prepare_labels(
       labels, token_shape, ignore_index, shift_labels, class_weights, vocab, dt)
-  user_weights, user_mask = _fused.token_weights(token_shape, weights, token_mask, dt)
+  user_weights, user_mask = _inputs.token_weights(token_shape, weights, token_mask, dt)
   per_token, active = per_token * user_weights, active & user_mask
   h32 = h32.reshape(-1, d)
   if token_mask is not None:  # a masked token's hidden state (NaN included) reaches no value or gradient
@@ -508,8 +509,8 @@ def vocab_parallel_fused_linear_cross_entropy(
   _check_layout(mesh, vocab_axis, token_axis, n, vocab)
   v_local = vocab // mesh.shape[vocab_axis]
   n_local = n // (1 if token_axis is None else mesh.shape[token_axis])
-  block = _fused.block_size("vocab_block", vocab_block, n_local, v_local)
-  spec = _fused.Spec(cfg, "labels", block, vocab, axis_name=vocab_axis, token_axis=token_axis)
+  block = _inputs.block_size("vocab_block", vocab_block, n_local, v_local)
+  spec = _blocks.Spec(cfg, "labels", block, vocab, axis_name=vocab_axis, token_axis=token_axis)
 
   tokens = P(token_axis)
   in_specs = (P(token_axis, None), P(None, vocab_axis), P(vocab_axis), tokens)
@@ -518,5 +519,5 @@ def vocab_parallel_fused_linear_cross_entropy(
   per_token_loss = jnp.where(active, per_token * jnp.where(active, loss, 0), 0).reshape(token_shape)
   out = _reduction.reduce(per_token_loss, reduction, weight=per_token.reshape(token_shape), normalizer=normalizer)
   if return_aux:
-    return out, _fused.aux_outputs(cfg, lse, reduction, per_token, active, token_shape, normalizer)
+    return out, _inputs.aux_outputs(cfg, lse, reduction, per_token, active, token_shape, normalizer)
   return (out, jax.lax.stop_gradient(lse).reshape(token_shape)) if return_lse else out

@@ -1,0 +1,195 @@
+"""The fused losses' inputs and their reduction: checks, labels, token weights, masks, mode, blocks.
+
+Shared by :mod:`jaxdiv._fused` and :mod:`jaxdiv._sharded`, so the fused and
+vocab-parallel fused losses read their arguments the same way; the options
+themselves are checked by :mod:`jaxdiv._options`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, cast
+
+import jax
+import jax.numpy as jnp
+from jax.typing import ArrayLike
+
+from jaxdiv import _core, _options, _reduction, _rows
+from jaxdiv import _validation as v
+from jaxdiv._blocks import Spec, _token_core, vocab_core
+from jaxdiv._core import CEConfig
+
+Mode = Literal["auto", "fast", "low_memory"]
+Reduction = _reduction.Reduction
+
+# Default blocks of logits: 44 MiB of float32 for the fast mode (fewer read-modify-writes of the [D, V]
+# accumulator; measured by `python -m jaxdiv bench-fused`), 32 MiB for the low-memory mode.
+_FAST_BLOCK_ELEMENTS = 11 << 20
+_LOW_MEMORY_BLOCK_ELEMENTS = 1 << 23
+
+
+# --------------------------------------------------------------------------- #
+
+
+def check_linear(hidden: ArrayLike, weight: ArrayLike, bias: ArrayLike | None, prefix: str = ""):
+  """Validated ``(hidden, weight, bias)``: hidden ``[..., D]``, weight ``[D, V]``, bias ``[V]`` or None."""
+  h = v.as_floating(f"{prefix}hidden", hidden)
+  w = v.as_floating(f"{prefix}weight", weight)
+  if h.ndim < 1:
+    raise ValueError(f"{prefix}hidden must have shape [..., D]; got a scalar.")
+  if w.ndim != 2 or w.shape[0] != h.shape[-1]:
+    raise ValueError(
+        f"{prefix}weight must have shape [D, V] with D = {prefix}hidden.shape[-1] = {h.shape[-1]}; "
+        f"got {list(w.shape)}. (Pass the unembedding as [D, V]; transpose an embedding table [V, D].)"
+    )
+  b = None
+  if bias is not None:
+    b = v.as_floating(f"{prefix}bias", bias)
+    if b.shape != (w.shape[1],):
+      raise ValueError(f"{prefix}bias must have shape [V] = [{w.shape[1]}]; got {list(b.shape)}.")
+  return h, w, b
+
+
+def linear_dtypes(h, w, b):
+  """Compute dtype (f32, or f64 if any input is f64), hidden and bias cast to it, bias zeros if None."""
+  dt = _rows.compute_dtype(h.dtype, w.dtype, *(() if b is None else (b.dtype,)))
+  b = jnp.zeros((w.shape[1],), dt) if b is None else b.astype(dt)
+  return dt, h.astype(dt), b
+
+
+def block_size(name: str, requested: int | None, other: int, total: int) -> int:
+  """A block along an axis of length ``total``: ``requested``, or a default block of logits ``[*, other]``."""
+  if requested is None:
+    elements = _FAST_BLOCK_ELEMENTS if name == "token_block" else _LOW_MEMORY_BLOCK_ELEMENTS
+    elements = min(elements, other * total // 16)  # and at most 1/16 of the logits
+    return max(1, min(total, max(8, elements // max(other, 1))))
+  checked = _options.block(name, requested)
+  assert checked is not None
+  return min(checked, max(total, 1))
+
+
+def choose_mode(mode: str, reduction: str, n: int, d: int) -> Mode:
+  _options.choice("mode", mode, ("auto", "fast", "low_memory"))
+  if mode == "fast" and reduction == "none":
+    raise ValueError(
+        "mode='fast' forms the gradients in the forward pass and needs a scalar loss: use reduction='sum' or "
+        "'mean', or mode='low_memory' (or 'auto') for per-token losses."
+    )
+  if mode == "auto":
+    return "fast" if reduction != "none" and n >= 2 * d else "low_memory"
+  return cast(Mode, mode)
+
+
+def run(spec: Spec, mode: str, reduction: Reduction, normalizer, token_shape, h, w, b, aux, weights, token_mask):
+  """The reduced loss, the per-token losses (masked, weighted; ``token_shape``) and the per-token logsumexp.
+
+  The fast mode needs the coefficient of every token's loss in the reduced
+  output before the backward pass; :func:`jaxdiv._reduction.reduce` is linear
+  in the losses, so that coefficient is its gradient, taken once here.
+  """
+
+  def reduce(per_token):
+    return _reduction.reduce(per_token.reshape(token_shape), reduction, weight=weights.reshape(token_shape),
+                             normalizer=normalizer)
+
+  if mode == "fast":
+    coef = weights * jax.grad(reduce)(jnp.zeros_like(weights))
+    total, loss, lse = cast(tuple[jax.Array, jax.Array, jax.Array],
+                            _token_core(spec, h, w.astype(h.dtype), b, aux, jax.lax.stop_gradient(coef)))
+    return total, jnp.where(token_mask, weights * loss, 0).reshape(token_shape), jax.lax.stop_gradient(lse)
+  loss, lse = cast(tuple[jax.Array, jax.Array], vocab_core(spec, h, w, b, aux))
+  per_token = jnp.where(token_mask, weights * jnp.where(token_mask, loss, 0), 0)
+  return reduce(per_token), per_token.reshape(token_shape), jax.lax.stop_gradient(lse)
+
+
+# --------------------------------------------------------------------------- #
+# Public functions
+
+
+# --------------------------------------------------------------------------- #
+
+
+def prepare_labels(labels, token_shape, ignore_index, shift_labels, class_weights, vocab_size, dt):
+  """Flat labels, mask of counted tokens, per-token weights (the label's class weight; 0 if not counted)."""
+  y = v.as_integer("labels", labels)
+  if y.shape != token_shape:
+    raise ValueError(
+        f"labels must have the shape of hidden without its last axis, {list(token_shape)}; "
+        f"got {list(y.shape)}."
+    )
+  ignore_index = _options.ignore_index(ignore_index)
+  y = v.wide_labels(y)  # no silent narrowing: range checks in a wide type, then int32 indices
+  active = jnp.ones(y.shape, bool) if ignore_index is None else y != ignore_index
+  if shift_labels:
+    if y.ndim == 0 or y.shape[-1] == 0:
+      raise ValueError("shift_labels=True needs a sequence axis: labels of shape [..., T] with T >= 1.")
+    y = jnp.concatenate([y[..., 1:], y[..., :1]], axis=-1)
+    active = jnp.concatenate([active[..., 1:], jnp.zeros_like(active[..., :1])], axis=-1)
+  y, active = y.reshape(-1), active.reshape(-1)
+  in_range = (y >= 0) & (y < vocab_size)
+  # An out-of-range label that is counted becomes -1: a NaN loss with zero gradient, never another class.
+  safe = jnp.where(active, jnp.where(in_range, y, -1), 0).astype(jnp.int32)
+  if class_weights is None:
+    weights = active.astype(dt)
+  else:
+    cw = v.as_floating("class_weights", class_weights)
+    if cw.shape != (vocab_size,):
+      raise ValueError(f"class_weights must have shape [V] = [{vocab_size}]; got {list(cw.shape)}.")
+    picked = jnp.take(cw.astype(dt), jnp.clip(safe, 0, vocab_size - 1))
+    weights = jnp.where(active, jnp.where(in_range, picked, 1), 0)
+  return safe, active, jax.lax.stop_gradient(weights)
+
+
+def class_keep(where: ArrayLike | None, vocab: int) -> jax.Array | None:
+  """``where`` (a class mask, as everywhere in jaxdiv) checked and broadcast to ``[V]``, or None."""
+  if where is None:
+    return None
+  m = jnp.asarray(where)
+  if m.dtype != jnp.bool_:
+    raise TypeError(f"where must be a boolean mask; got {m.dtype}{list(m.shape)}.")
+  if m.ndim > 1 or (m.ndim == 1 and m.shape[0] not in (1, vocab)):
+    raise ValueError(
+        f"where masks classes and must be broadcastable to [V] = [{vocab}] in the fused losses; got "
+        f"{list(m.shape)}. Mask tokens with token_mask (or weights)."
+    )
+  return jnp.broadcast_to(m, (vocab,))
+
+
+def class_mask(where: ArrayLike | None, vocab: int, b: jax.Array) -> jax.Array:
+  """The bias ``[V]`` with ``-inf`` on the classes ``where`` masks."""
+  keep = class_keep(where, vocab)
+  return b if keep is None else jnp.where(keep, b, jnp.asarray(-jnp.inf, b.dtype))
+
+
+def token_weights(
+    token_shape: tuple, weights: ArrayLike | None, token_mask: ArrayLike | None, dt
+) -> tuple[jax.Array, jax.Array]:
+  """Flat per-token ``(weights, mask)`` from ``weights`` (float, ``token_shape``) and ``token_mask`` (bool).
+
+  A masked token is left out entirely (its loss is not computed into anything, NaN included); a
+  weight of 0 keeps the token counted with zero weight.
+  """
+  out = jnp.ones(token_shape, dt)
+  mask = jnp.ones(token_shape, bool)
+  if weights is not None:
+    w = v.as_floating("weights", weights, "Per-token weights are floats; mask tokens with token_mask.")
+    if w.shape != token_shape:
+      raise ValueError(f"weights must have the token shape {list(token_shape)}; got {list(w.shape)}.")
+    out = jax.lax.stop_gradient(w.astype(dt))
+  if token_mask is not None:
+    mask = jnp.asarray(token_mask)
+    if mask.dtype != jnp.bool_:
+      raise TypeError(f"token_mask must be a boolean mask; got {mask.dtype}{list(mask.shape)}.")
+    if mask.shape != token_shape:
+      raise ValueError(f"token_mask must have the token shape {list(token_shape)}; got {list(mask.shape)}.")
+  return jnp.where(mask, out, 0).reshape(-1), mask.reshape(-1)
+
+
+def aux_outputs(cfg: CEConfig, lse, reduction, weights, active, token_shape, normalizer) -> dict[str, jax.Array]:
+  """``{"logsumexp", "z_loss"}`` side outputs (no gradient): per token under ``"none"``, else reduced."""
+  lse = jax.lax.stop_gradient(jnp.where(active, lse, 0))
+  z_part = jnp.where(active, weights * _core.z_loss_part(cfg, lse), 0)
+  if reduction == "none":
+    return {"logsumexp": lse.reshape(token_shape), "z_loss": z_part.reshape(token_shape)}
+  red = lambda a: _reduction.reduce(a.reshape(token_shape), reduction, weight=weights.reshape(token_shape),
+                                     normalizer=normalizer)
+  return {"logsumexp": red(weights * lse), "z_loss": red(z_part)}
