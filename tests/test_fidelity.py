@@ -294,3 +294,19 @@ def test_options_that_make_no_sense_are_refused_by_name(option, value):
            "beta": lambda: jaxdiv.distillation_loss(z, z, divergence="reverse_kl", beta=value)}[option]
   with pytest.raises(ValueError, match=rf"{option} must lie in "):
     call_()
+
+
+@pytest.mark.parametrize("dtype", ["int64", "uint64", "uint32", "int8"])
+def test_labels_of_every_integer_dtype_under_x64_select_the_same_class(dtype):
+  with jax.enable_x64(True):
+    rng = np.random.default_rng(1)
+    z = jnp.asarray(rng.normal(size=(4, 100)), jnp.float32)
+    y32 = np.array([0, 99, 50, 7])
+    y = jnp.asarray(y32.astype(dtype))
+    assert y.dtype == np.dtype(dtype)
+    want = jaxdiv.cross_entropy(z, jnp.asarray(y32, jnp.int32))
+    np.testing.assert_array_equal(jaxdiv.cross_entropy(z, y), want)
+    np.testing.assert_array_equal(jaxdiv.check_labels(y, 100), y)
+    big = jnp.asarray(np.array([2**40 + 3], dtype=np.uint64 if dtype.startswith("u") else np.int64))
+    if dtype in ("int64", "uint64"):  # beyond int32: out of range, never narrowed onto class 3
+      assert np.isnan(jaxdiv.cross_entropy(z[:1], big)[0])
