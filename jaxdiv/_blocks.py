@@ -106,7 +106,9 @@ def _psum(x, axis):
 # --------------------------------------------------------------------------- #
 
 
-def _ce_block(spec: Spec, z: jax.Array, labels: jax.Array, start, v_local: int) -> tuple[jax.Array, jax.Array]:
+def _ce_block(
+    spec: Spec, z: jax.Array, labels: jax.Array, start, v_local: int
+) -> tuple[jax.Array, jax.Array]:
   """Capped logits of a block and the label's index in it (``[rows, 1]``; outside ``[0, size)`` if elsewhere).
 
   ``start`` is the block's first column in this device's ``v_local`` classes.
@@ -248,7 +250,8 @@ def _vocab_pass(spec: Spec, h, w, b, aux):
   def value_body(carry, start, size):
     terms = _core.div_elementwise(spec.div, student(start, size), teacher(start, size), stats, dt)
     block = tuple(r(t, axis=1, keepdims=True) for r, t in zip(reducers, terms, strict=True))
-    return tuple(c + t if k == "sum" else jnp.maximum(c, t) for c, t, k in zip(carry, block, kinds, strict=True))
+    return tuple(c + t if k == "sum" else jnp.maximum(c, t)
+                 for c, t, k in zip(carry, block, kinds, strict=True))
 
   init = _varying(spec, tuple(zeros if k == "sum" else neg_inf for k in kinds))
   sums = _for_blocks(v_local, spec.block, value_body, init)

@@ -42,9 +42,17 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiv._kernels import kl_term, mul_safe
-from jaxdiv._series import psi
 from jaxdiv._options import CEConfig
-from jaxdiv._rows import all_reduce, finite_or_zero, log_norm, lse_all_reduce, lse_block, lse_merge, lse_parts, widen
+from jaxdiv._rows import (
+  finite_or_zero,
+  log_norm,
+  lse_all_reduce,
+  lse_block,
+  lse_merge,
+  lse_parts,
+  widen,
+)
+from jaxdiv._series import psi
 
 _NEG_INF = -jnp.inf
 
@@ -432,8 +440,3 @@ def div_coefficients(spec: DivSpec, student, teacher, stats, residual, cdt) -> t
     return c_student, c_teacher
   kl_p, kl_q = residual
   return jsd_coefficients(jsd_parts(teacher, student, stats, spec.beta, cdt), kl_p, kl_q, spec.beta)
-
-
-def all_sum(x: jax.Array, axis_name: Any) -> jax.Array:
-  """``psum`` over ``axis_name`` (``x`` if None)."""
-  return all_reduce(x, "sum", axis_name)

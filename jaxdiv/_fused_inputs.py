@@ -79,7 +79,9 @@ def choose_mode(mode: str, reduction: str, n: int, d: int) -> Mode:
   return cast(Mode, mode)
 
 
-def run(spec: Spec, mode: str, reduction: Reduction, normalizer, token_shape, h, w, b, aux, weights, token_mask):
+def run(
+    spec: Spec, mode: str, reduction: Reduction, normalizer, token_shape, h, w, b, aux, weights, token_mask
+):
   """The reduced loss, the per-token losses (masked, weighted; ``token_shape``) and the per-token logsumexp.
 
   The fast mode needs the coefficient of every token's loss in the reduced
@@ -184,7 +186,9 @@ def token_weights(
   return jnp.where(mask, out, 0).reshape(-1), mask.reshape(-1)
 
 
-def aux_outputs(cfg: CEConfig, lse, reduction, weights, active, token_shape, normalizer) -> dict[str, jax.Array]:
+def aux_outputs(
+    cfg: CEConfig, lse, reduction, weights, active, token_shape, normalizer
+) -> dict[str, jax.Array]:
   """``{"logsumexp", "z_loss"}`` side outputs (no gradient): per token under ``"none"``, else reduced."""
   lse = jax.lax.stop_gradient(jnp.where(active, lse, 0))
   z_part = jnp.where(active, weights * _core.z_loss_part(cfg, lse), 0)

@@ -96,7 +96,8 @@ def divergence(value: Any, beta: Any = 0.5) -> tuple[Divergence, float]:
   """
   if isinstance(value, str) and value in _OLD_DIVERGENCES:
     new = _OLD_DIVERGENCES[value]
-    warnings.warn(f"divergence={value!r} is deprecated; use divergence={new!r}.", DeprecationWarning, stacklevel=3)
+    warnings.warn(f"divergence={value!r} is deprecated; use divergence={new!r}.", DeprecationWarning,
+                  stacklevel=3)
     value = new
   choice("divergence", value, _DIVERGENCES)
   b = scalar("beta", beta, 0.0, 1.0)
@@ -135,7 +136,7 @@ def ce_config(
     z_loss: Any = 0.0,
     soft_cap_: Any = None,
 ) -> CEConfig:
-  """The cross-entropy options, each checked: ``ε`` in ``[0, 1]``, ``λ ≥ 0``, ``c > 0``, the smoothing kind."""
+  """The cross-entropy options, each checked: ``ε`` in ``[0, 1]``, ``λ ≥ 0``, ``c > 0``, the smoothing."""
   eps = scalar("label_smoothing", label_smoothing, 0.0, 1.0)
   lam = scalar("z_loss", z_loss, 0.0)
   choice("smoothing", smoothing, ("uniform", "t5x"))

@@ -114,7 +114,7 @@ def support_mean_rows(z: jax.Array, axis: int, class_weights: jax.Array | None =
 
 
 def lse_rows(z: jax.Array, axis: int, axis_name: Any = None) -> jax.Array:
-  """The logsumexp of each row, ``-inf`` for an empty row (a side output: differentiable through ``row_lse``)."""
+  """The logsumexp of each row, ``-inf`` for an empty row (differentiable through ``row_lse``)."""
   m, norm = row_lse(z, axis, compute_dtype(z.dtype), axis_name)
   return jnp.squeeze(jnp.where(m == -jnp.inf, m, finite_or_zero(m) + norm), axis)
 

@@ -136,7 +136,7 @@ def row_reduce(fn, full: tuple, rows: tuple, axis: int, kinds: tuple, axis_name:
 
 
 def row_max(x: jax.Array, axis: int, cdt, axis_name: Any = None) -> jax.Array:
-  """The raw row max of ``x`` in ``cdt`` (over ``axis_name`` too): ``-inf`` for an empty row; no derivative."""
+  """The raw row max of ``x`` in ``cdt`` (and over ``axis_name``), ``-inf`` for an empty row; no gradient."""
   (m,) = row_reduce(lambda x: (x,), (jax.lax.stop_gradient(x),), (), axis, ("max",))
   # Stopped before the pmax, so that no derivative (pmax has none) is ever asked of it, at any order.
   return all_reduce(jax.lax.stop_gradient(m.astype(cdt)), "max", axis_name)
@@ -158,7 +158,8 @@ def row_lse(x: jax.Array, axis: int, cdt, axis_name: Any = None) -> tuple[jax.Ar
   shift = finite_or_zero(m)
   # A plain convert here and widen() in the elementwise passes: two different HLOs, so
   # XLA does not share one full-size float32 copy of bfloat16 input between them.
-  (sum_exp,) = row_reduce(lambda x, s: (jnp.exp(x.astype(cdt) - s),), (x,), (shift,), axis, ("sum",), axis_name)
+  exp_terms = lambda x, s: (jnp.exp(x.astype(cdt) - s),)
+  (sum_exp,) = row_reduce(exp_terms, (x,), (shift,), axis, ("sum",), axis_name)
   return m, log_norm(sum_exp)
 
 
@@ -177,7 +178,7 @@ def _row_lse_jvp(axis, cdt, axis_name, primals, tangents):
 
 
 def lse_block(z: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """``(max, Σ exp(z - shift))`` of a ``[rows, block]`` block (``[rows, 1]`` each); no derivative of the max."""
+  """``(max, Σ exp(z - shift))`` of a ``[rows, block]`` block, ``[rows, 1]`` each; the max has no gradient."""
   m = jnp.max(jax.lax.stop_gradient(z), axis=1, keepdims=True)
   return m, jnp.sum(jnp.exp(z - finite_or_zero(m)), axis=1, keepdims=True)
 
