@@ -26,6 +26,10 @@ from cases import CASES, call
 
 TARGETS = ["partial", "multi_hot", "all_zero", "where_drops_mass"]
 SOFT = sorted(n for n, c in CASES.items() if c.target in ("probs", "logits", "binary_probs"))
+# The finite-difference test runs on the losses with their own derivative rules; the fused and
+# vocab-parallel adapters compute the same definition and are held equal to these, value and gradient,
+# by tests/test_paths.py and the contract test (whose finite differences cover them on normalised targets).
+DIRECT_SOFT = [n for n in SOFT if not CASES[n].adapter]
 
 
 def _rng(*key) -> np.random.Generator:
@@ -66,7 +70,7 @@ def _unusual(case, kind: str, rng, shape=(2, 5)):
 
 
 @pytest.mark.parametrize("kind", TARGETS)
-@pytest.mark.parametrize("name", SOFT)
+@pytest.mark.parametrize("name", DIRECT_SOFT)
 def test_derivatives_are_the_derivatives_of_the_value_for_unusual_targets(name, kind):
   case = CASES[name]
   with jax.enable_x64(True):
