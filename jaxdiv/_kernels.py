@@ -28,7 +28,16 @@ import jax
 import jax.numpy as jnp
 
 from jaxdiv import _series
-from jaxdiv._rows import compute_dtype, lse_parts, masked_tangent, probs, row_lse, row_reduce, widen
+from jaxdiv._rows import (
+  compute_dtype,
+  finite_or_zero,
+  lse_parts,
+  masked_tangent,
+  probs,
+  row_lse,
+  row_reduce,
+  widen,
+)
 
 _NEG_INF = -jnp.inf
 
@@ -41,7 +50,7 @@ def _log_softmax_primal(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array, 
   shift = jnp.max(x, axis=axis, keepdims=True)
   # A row of -inf (fully masked) has no finite max: shift by 0 so that the
   # shifted row is -inf, its sum 0 and its logsumexp -inf.
-  shift = jax.lax.stop_gradient(jnp.where(jnp.isfinite(shift), shift, 0))
+  shift = jax.lax.stop_gradient(finite_or_zero(shift))
   shifted = x - shift
   sum_exp = jnp.sum(jnp.exp(shifted), axis=axis, keepdims=True)
   log_sum = jnp.log(sum_exp)
@@ -174,7 +183,7 @@ def _log_mix_parts(log_p, log_q, beta):
   a = log_p + jnp.log(jnp.asarray(beta, log_p.dtype))
   b = log_q + jnp.log(jnp.asarray(1 - beta, log_q.dtype))
   shift = jnp.maximum(a, b)
-  shift = jnp.where(jnp.isfinite(shift), shift, 0)
+  shift = finite_or_zero(shift)
   log_m = shift + jnp.log(jnp.exp(a - shift) + jnp.exp(b - shift))
   return a, b, log_m
 
@@ -210,7 +219,7 @@ def _log_mix_jvp(beta, primals, tangents):
 def _shift_norm(x: jax.Array, axis: int, cdt) -> tuple[jax.Array, jax.Array]:
   """The finite shift and the log-sum of ``x``'s rows (see :func:`jaxdiv._rows.row_lse`)."""
   m, norm = row_lse(x, axis, cdt)
-  return jnp.where(jnp.isfinite(m), m, jnp.zeros_like(m)), norm
+  return finite_or_zero(m), norm
 
 
 def _neg_log_q(x, p, shift, norm):
