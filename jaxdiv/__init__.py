@@ -15,14 +15,16 @@ from jaxdiv._binary import (
 from jaxdiv._categorical import (
     cross_entropy,
     entropy,
-    jensen_shannon_divergence,
-    kl_divergence,
-    kl_divergence_with_log_targets,
-    reverse_kl_divergence,
     soft_cross_entropy,
     soft_cross_entropy_with_log_targets,
 )
 from jaxdiv._distill import distillation_loss, top_k_kl_divergence
+from jaxdiv._divergences import (
+    jensen_shannon_divergence,
+    kl_divergence,
+    kl_divergence_with_log_targets,
+    reverse_kl_divergence,
+)
 from jaxdiv._fused import fused_linear_cross_entropy, fused_linear_distillation
 from jaxdiv._gaussian import (
     gaussian_cross_entropy,

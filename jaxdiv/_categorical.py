@@ -1,4 +1,6 @@
-"""Cross-entropy, KL divergence, entropy and JSD between categorical distributions.
+"""Cross-entropies (integer labels, soft targets) and the entropy of categorical distributions.
+
+The divergences (KL, reverse KL, JSD) are in :mod:`jaxdiv._divergences`.
 
 Every function takes the model first (``logits``, unnormalised; log-probabilities
 are valid logits) and the target second, reduces over the class ``axis`` and
@@ -33,57 +35,14 @@ from jax.typing import ArrayLike
 
 from jaxdiv import _core, _kernels, _options, _reduction, _row_losses, _rows
 from jaxdiv import _validation as v
+from jaxdiv._categorical_inputs import INT_HINT, PROB_HINT, log_probs, masked, model, pair, reduce_rows
 from jaxdiv._reduction import Reduction
-
-_INT_HINT = "For integer class labels use jaxdiv.cross_entropy."
-_PROB_HINT = "For probability targets use jaxdiv.soft_cross_entropy."
-
-
-def _model(logits: ArrayLike, axis: int, where: ArrayLike | None):
-  """Validated model logits in the compute dtype, masked with -inf."""
-  x = v.as_floating("logits", logits)
-  ax = v.class_axis(axis, x.ndim)
-  mask = v.mask(where, x.shape)
-  return x, ax, mask
-
-
-def _masked(x: jax.Array, mask: jax.Array | None, fill: float) -> jax.Array:
-  return x if mask is None else jnp.where(mask, x, jnp.asarray(fill, x.dtype))
-
-
-def _log_probs(x: jax.Array, ax: int, mask: jax.Array | None) -> jax.Array:
-  return _kernels.log_softmax(_masked(x, mask, -jnp.inf), ax)[0]
-
-
-def _pair(logits, target, target_name, axis, where, hint, cast=True):
-  """Validated (model, target) pair of equal shape, both in the compute dtype.
-
-  ``cast=False`` (for the fused kernels, which widen inside their fusions) keeps
-  a shared input dtype such as bfloat16 as it is, avoiding a float32 copy.
-  """
-  x, ax, mask = _model(logits, axis, where)
-  t = v.as_floating(target_name, target, hint)
-  v.same_shape(target_name, t, "logits", x)
-  if cast or x.dtype != t.dtype:
-    x, t = v.to_compute(x, t)
-  return x, t, ax, mask
-
-
-def _reduce(loss, mask, ax, reduction, normalizer):
-  """Reduces per-example ``loss``; a row counts towards the mean if any class is unmasked."""
-  weight = None if mask is None else jnp.any(mask, axis=ax).astype(loss.dtype)
-  return _reduction.reduce(loss, reduction, weight=weight, normalizer=normalizer)
-
-
-# --------------------------------------------------------------------------- #
-# Training options shared by the cross-entropies
-# --------------------------------------------------------------------------- #
 
 
 def _log_softmax_lse(z: jax.Array, ax: int) -> tuple[jax.Array, jax.Array]:
   """Log-probabilities and the per-row logsumexp (``-inf`` for an empty row)."""
-  log_probs, shift, log_sum = _kernels.log_softmax(z, ax)
-  return log_probs, jnp.squeeze(shift + log_sum, ax)
+  log_q, shift, log_sum = _kernels.log_softmax(z, ax)
+  return log_q, jnp.squeeze(shift + log_sum, ax)
 
 
 @overload
@@ -235,14 +194,14 @@ def cross_entropy(
   _options.choice("weighting", weighting, ("example", "torch"))
   if weighting == "torch" and cfg.smoothing != "uniform":
     raise ValueError("weighting='torch' is torch's uniform label smoothing; got smoothing='t5x'.")
-  x, ax, mask = _model(logits, axis, where)
-  y = v.as_integer("labels", labels, _PROB_HINT)
+  x, ax, mask = model(logits, axis, where)
+  y = v.as_integer("labels", labels, PROB_HINT)
   v.label_shape(y, x, ax)
   num_classes = x.shape[ax]
   wide = v.wide_labels(y)
   in_range = (wide >= 0) & (wide < num_classes)
   safe_y = jnp.where(in_range, wide, 0).astype(jnp.int32)
-  z = _masked(x, mask, -jnp.inf)
+  z = masked(x, mask, -jnp.inf)
   if cfg.soft_cap is not None:
     z = _core.capped(z, cfg.soft_cap, _rows.compute_dtype(z.dtype))
   # The one definition of the loss (jaxdiv._core) over whole rows; bf16 is read as it is.
@@ -275,16 +234,18 @@ def cross_entropy(
   if not return_aux:
     return out
   (zc,) = v.to_compute(z)
-  log_probs, lse = _log_softmax_lse(zc, ax)
+  log_q, lse = _log_softmax_lse(zc, ax)
   aux = {"z_loss": _core.z_loss_part(cfg, lse)}
-  entropy_ = jnp.sum(_kernels.mul_safe(jnp.exp(log_probs), -log_probs), axis=ax)
+  entropy_ = jnp.sum(_kernels.mul_safe(jnp.exp(log_q), -log_q), axis=ax)
   accuracy = (jnp.argmax(zc, axis=ax) == wide).astype(loss.dtype)
   scale = weight if reduction != "none" else valid.astype(loss.dtype)
   if class_weights is not None:
     aux["z_loss"] = _kernels.mul_safe(weight, aux["z_loss"])
   aux["z_loss"] = jnp.where(valid, aux["z_loss"], 0)
-  aux |= {"logsumexp": jnp.where(valid, lse, 0) * scale, "entropy": entropy_ * scale, "accuracy": accuracy * scale}
-  aux = {k: _reduction.reduce(a, reduction, weight=weight, normalizer=normalizer) for k, a in sorted(aux.items())}
+  aux |= {"logsumexp": jnp.where(valid, lse, 0) * scale, "entropy": entropy_ * scale,
+          "accuracy": accuracy * scale}
+  aux = {k: _reduction.reduce(a, reduction, weight=weight, normalizer=normalizer)
+         for k, a in sorted(aux.items())}
   return out, aux
 
 
@@ -335,26 +296,28 @@ def soft_cross_entropy(
     >>> jaxdiv.soft_cross_entropy(logits, jnp.array([0.5, 0.0, 0.5]))
     Array(0.8132616, dtype=float32)
   """
-  x, p, ax, mask = _pair(logits, target_probs, "target_probs", axis, where, _INT_HINT, cast=False)
-  return _soft_ce(x, lambda: _masked(p, mask, 0), ax, mask, label_smoothing, z_loss, soft_cap, reduction, normalizer)
+  x, p, ax, mask = pair(logits, target_probs, "target_probs", axis, where, INT_HINT, cast=False)
+  target = lambda: masked(p, mask, 0)
+  return _soft_ce(x, target, ax, mask, label_smoothing, z_loss, soft_cap, reduction, normalizer)
 
 
 def _soft_ce(x, target_probs, ax, mask, label_smoothing, z_loss, soft_cap, reduction, normalizer):
   """H(p, q) with the training options; ``target_probs()`` gives the masked p."""
   _reduction.check(reduction, normalizer)
   cfg = _options.ce_config(label_smoothing, "uniform", False, z_loss, soft_cap)
-  z = _masked(x, mask, -jnp.inf)
+  z = masked(x, mask, -jnp.inf)
   if cfg.soft_cap is not None:
     z = _core.capped(z, cfg.soft_cap, _rows.compute_dtype(z.dtype))
   # The fused kernel: gradient (Σp)·softmax - p in one pass, bf16 read as is.
   loss = _kernels.soft_cross_entropy_rows(z, target_probs(), ax)
   eps = cfg.label_smoothing
   if eps > 0.0:  # the uniform part over the support, as jaxdiv.cross_entropy's smoothing
-    loss = _kernels.mul_safe(jnp.asarray(1 - eps, loss.dtype), loss) + eps * _row_losses.support_mean_rows(z, ax)
+    smooth = _row_losses.support_mean_rows(z, ax)
+    loss = _kernels.mul_safe(jnp.asarray(1 - eps, loss.dtype), loss) + eps * smooth
   if cfg.z_loss:
     z_term = _core.z_loss_part(cfg, _row_losses.lse_rows(z, ax))
     loss = loss + (z_term if mask is None else jnp.where(jnp.any(mask, axis=ax), z_term, 0))
-  return _reduce(loss, mask, ax, reduction, normalizer)
+  return reduce_rows(loss, mask, ax, reduction, normalizer)
 
 
 def soft_cross_entropy_with_log_targets(
@@ -397,218 +360,9 @@ def soft_cross_entropy_with_log_targets(
     >>> jaxdiv.soft_cross_entropy_with_log_targets(jnp.zeros(4), jnp.array([0.0, 0.0, -jnp.inf, -jnp.inf]))
     Array(1.3862944, dtype=float32)
   """
-  x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT)
-  target_probs = lambda: jnp.exp(_log_probs(t, ax, mask))
+  x, t, ax, mask = pair(logits, target_logits, "target_logits", axis, where, INT_HINT)
+  target_probs = lambda: jnp.exp(log_probs(t, ax, mask))
   return _soft_ce(x, target_probs, ax, mask, label_smoothing, z_loss, soft_cap, reduction, normalizer)
-
-
-def _divergence(x, target, ax, mask, spec: _core.DivSpec):
-  """The divergence ``spec`` between the model ``x`` and the target, over whole rows (masked first)."""
-  model = _masked(x, mask, -jnp.inf)
-  target = _masked(target, mask, -jnp.inf if spec.teacher_is_log else 0)
-  return _row_losses.divergence_rows(model, target, ax, spec)
-
-
-_KL_NUMERICS = """
-  Numerics:
-    Summed as non-negative terms ``p (expm1(d) - d)`` with ``d = log q - log p``
-    (plus ``q`` for classes where ``p = 0``), so the result is never negative and
-    a KL of 5e-9 between nearly equal distributions over 32768 classes keeps a
-    relative error below 1e-4 in float32, where ``Σ p (log p - log q)`` is off
-    by more than 100%. ``p = 0`` contributes 0 against any logit, ``-inf``
-    included, with finite derivatives; target mass on a ``-inf`` logit gives
-    ``+inf``.
-"""
-
-
-def kl_divergence(
-    logits: ArrayLike,
-    target_probs: ArrayLike,
-    *,
-    axis: int = -1,
-    where: ArrayLike | None = None,
-    reduction: Reduction = "none",
-    normalizer: ArrayLike | None = None,
-) -> jax.Array:
-  r"""KL(p ‖ q) of the target probabilities from softmax(``logits``).
-
-  .. math:: \mathrm{KL}(p \,\|\, q) = \sum_c p_c \log \frac{p_c}{q_c}, \qquad q = \mathrm{softmax}(z)
-
-  The usual distillation/"forward" KL: the target ``p`` comes first inside
-  the divergence but second in the argument list, as in ``optax.kl_divergence``
-  and ``torch.nn.functional.kl_div``.
-
-  Args:
-    logits: model logits ``z``, ``[..., num_classes]``.
-    target_probs: target probabilities ``p`` (normalised), same shape.
-    axis: the class axis.
-    where: optional boolean mask broadcastable to ``logits.shape``; masked
-      classes are left out of both distributions.
-    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
-      rows) or ``"batchmean"`` (sum / leading-axis size, torch's ``kl_div``).
-    normalizer: optional scalar the means divide by instead (micro-batching).
-
-  Returns:
-    ``[...]`` per-example divergences (a scalar if reduced), float32 (float64
-    for float64 input).
-  {numerics}
-    ``∂/∂p_c`` at ``p_c = 0`` (one-sided ``-inf``) is taken as 0.
-
-  Examples:
-    The NumPy example of the note jaxdiv started from, KL([0.1, 0.9] ‖ [0.2, 0.8]):
-
-    >>> import jax.numpy as jnp, jaxdiv
-    >>> kl = jaxdiv.kl_divergence(jnp.log(jnp.array([0.2, 0.8])), jnp.array([0.1, 0.9]))
-    >>> print(f"{kl:.4f}")
-    0.0367
-  """
-  _reduction.check(reduction, normalizer)
-  x, p, ax, mask = _pair(logits, target_probs, "target_probs", axis, where, _INT_HINT, cast=False)
-  spec = _core.DivSpec("forward_kl", teacher_is_log=False)
-  return _reduce(_divergence(x, p, ax, mask, spec), mask, ax, reduction, normalizer)
-
-
-def kl_divergence_with_log_targets(
-    logits: ArrayLike,
-    target_logits: ArrayLike,
-    *,
-    axis: int = -1,
-    where: ArrayLike | None = None,
-    reduction: Reduction = "none",
-    normalizer: ArrayLike | None = None,
-) -> jax.Array:
-  r"""KL(p ‖ q) with the target given in log space.
-
-  .. math:: \mathrm{KL}(p \,\|\, q) = \sum_c p_c (\log p_c - \log q_c),
-     \quad p = \mathrm{softmax}(t),\ q = \mathrm{softmax}(z)
-
-  Args:
-    logits: model (student) logits ``z``, ``[..., num_classes]``.
-    target_logits: target (teacher) logits or log-probabilities ``t``,
-      normalised here; same shape. ``-inf`` marks a class of probability 0.
-    axis: the class axis.
-    where: optional boolean mask broadcastable to ``logits.shape``.
-    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
-      rows) or ``"batchmean"`` (sum / leading-axis size, torch's ``kl_div``).
-    normalizer: optional scalar the means divide by instead (micro-batching).
-
-  Returns:
-    ``[...]`` per-example divergences (a scalar if reduced), float32 (float64
-    for float64 input).
-  {numerics}
-  Examples:
-    >>> import jax.numpy as jnp, jaxdiv
-    >>> teacher = jnp.array([2.0, 0.0, -jnp.inf])   # one-hot-ish, one class impossible
-    >>> student = jnp.array([1.0, 1.0, 0.0])
-    >>> print(f"{jaxdiv.kl_divergence_with_log_targets(student, teacher):.6f}")
-    0.496661
-  """
-  _reduction.check(reduction, normalizer)
-  x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT, cast=False)
-  return _reduce(_divergence(x, t, ax, mask, _core.DivSpec("forward_kl")), mask, ax, reduction, normalizer)
-
-
-def reverse_kl_divergence(
-    logits: ArrayLike,
-    target_logits: ArrayLike,
-    *,
-    axis: int = -1,
-    where: ArrayLike | None = None,
-    reduction: Reduction = "none",
-    normalizer: ArrayLike | None = None,
-) -> jax.Array:
-  r"""Reverse KL(q ‖ p) of softmax(``logits``) from the target.
-
-  .. math:: \mathrm{KL}(q \,\|\, p) = \sum_c q_c (\log q_c - \log p_c),
-     \quad q = \mathrm{softmax}(z),\ p = \mathrm{softmax}(t)
-
-  The mode-seeking KL used in on-policy distillation and RL fine-tuning.
-
-  Args:
-    logits: model logits ``z``, ``[..., num_classes]``.
-    target_logits: target logits or log-probabilities ``t``, same shape.
-    axis: the class axis.
-    where: optional boolean mask broadcastable to ``logits.shape``.
-    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
-      rows) or ``"batchmean"`` (sum / leading-axis size, torch's ``kl_div``).
-    normalizer: optional scalar the means divide by instead (micro-batching).
-
-  Returns:
-    ``[...]`` per-example divergences (a scalar if reduced), float32 (float64
-    for float64 input).
-  {numerics}
-  Examples:
-    >>> import jax.numpy as jnp, jaxdiv
-    >>> print(f"{jaxdiv.reverse_kl_divergence(jnp.array([1.0, 1.0, 0.0]), jnp.array([2.0, 0.0, 0.0])):.6f}")
-    0.377550
-  """
-  _reduction.check(reduction, normalizer)
-  x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT, cast=False)
-  return _reduce(_divergence(x, t, ax, mask, _core.DivSpec("reverse_kl")), mask, ax, reduction, normalizer)
-
-
-def jensen_shannon_divergence(
-    logits: ArrayLike,
-    target_logits: ArrayLike,
-    *,
-    beta: float = 0.5,
-    axis: int = -1,
-    where: ArrayLike | None = None,
-    reduction: Reduction = "none",
-    normalizer: ArrayLike | None = None,
-) -> jax.Array:
-  r"""Generalised Jensen–Shannon divergence JSD_β in the GKD convention.
-
-  With ``P`` the target (teacher), ``Q`` the model (student) and
-  ``M = β P + (1 - β) Q``:
-
-  .. math:: \mathrm{JSD}_\beta = \beta\,\mathrm{KL}(P \,\|\, M) + (1 - \beta)\,\mathrm{KL}(Q \,\|\, M)
-
-  At ``β = 1/2`` this is the symmetric JSD, bounded by ``log 2``.
-
-  End points: JSD_β → 0 as β → 0 or 1, while ``JSD_β / β → KL(P‖Q)`` and
-  ``JSD_β / (1 - β) → KL(Q‖P)``. As in TRL's ``generalized_jsd_loss`` and
-  Liger-Kernel's JSD, ``beta=0`` returns the forward ``KL(P‖Q)`` and ``beta=1``
-  the reverse ``KL(Q‖P)`` (those limits), so the function is continuous on the
-  open interval (0, 1) and jumps to the normalised limits at its ends.
-
-  Args:
-    logits: model (student) logits, ``[..., num_classes]``.
-    target_logits: target (teacher) logits or log-probabilities, same shape.
-    beta: the teacher's weight in the mixture, a Python float in ``[0, 1]``.
-    axis: the class axis.
-    where: optional boolean mask broadcastable to ``logits.shape``.
-    reduction: ``"none"`` (default), ``"sum"``, ``"mean"`` (over unmasked
-      rows) or ``"batchmean"`` (sum / leading-axis size, torch's ``kl_div``).
-    normalizer: optional scalar the means divide by instead (micro-batching).
-
-  Returns:
-    ``[...]`` per-example divergences (a scalar if reduced), float32 (float64
-    for float64 input).
-
-  Numerics:
-    Both KL terms use the non-negative accurate form of
-    :func:`kl_divergence_with_log_targets`; the mixture ``log M`` is formed in
-    log space, finite with zero derivative where ``P = Q = 0``.
-
-  Raises:
-    TypeError: if ``beta`` is not a concrete number (it selects the formula).
-    ValueError: if ``beta`` is outside ``[0, 1]``.
-
-  References:
-    Agarwal et al., "On-Policy Distillation of Language Models: Learning from
-    Self-Generated Mistakes" (GKD), arXiv:2306.13649.
-
-  Examples:
-    >>> import jax.numpy as jnp, jaxdiv
-    >>> jaxdiv.jensen_shannon_divergence(jnp.array([0.0, -jnp.inf]), jnp.array([-jnp.inf, 0.0]))
-    Array(0.6931472, dtype=float32)
-  """
-  kind, beta = _options.divergence("jsd", beta)
-  _reduction.check(reduction, normalizer)
-  x, t, ax, mask = _pair(logits, target_logits, "target_logits", axis, where, _INT_HINT, cast=False)
-  loss = _divergence(x, t, ax, mask, _core.DivSpec(kind, beta))
-  return _reduce(loss, mask, ax, reduction, normalizer)
 
 
 def entropy(
@@ -644,12 +398,8 @@ def entropy(
     Array(1.0986123, dtype=float32)
   """
   _reduction.check(reduction, normalizer)
-  x, ax, mask = _model(logits, axis, where)
+  x, ax, mask = model(logits, axis, where)
   (x,) = v.to_compute(x)
-  log_q = _log_probs(x, ax, mask)
-  return _reduce(jnp.sum(_kernels.mul_safe(jnp.exp(log_q), -log_q), axis=ax), mask, ax, reduction, normalizer)
-
-
-for _f in (kl_divergence, kl_divergence_with_log_targets, reverse_kl_divergence):
-  _f.__doc__ = (_f.__doc__ or "").replace("{numerics}", _KL_NUMERICS.strip())
-del _f
+  log_q = log_probs(x, ax, mask)
+  loss = jnp.sum(_kernels.mul_safe(jnp.exp(log_q), -log_q), axis=ax)
+  return reduce_rows(loss, mask, ax, reduction, normalizer)

@@ -440,3 +440,37 @@ def div_coefficients(spec: DivSpec, student, teacher, stats, residual, cdt) -> t
     return c_student, c_teacher
   kl_p, kl_q = residual
   return jsd_coefficients(jsd_parts(teacher, student, stats, spec.beta, cdt), kl_p, kl_q, spec.beta)
+
+
+# --------------------------------------------------------------------------- #
+# The pointwise form (torch's kl_div, optax's kl_divergence, TRL's and Liger's per-class terms)
+# --------------------------------------------------------------------------- #
+
+
+def nan_of(x: jax.Array) -> jax.Array:
+  """0 where ``x`` is not NaN; NaN, with a NaN derivative, where it is."""
+  n = jnp.where(jnp.isnan(x), x, 0)
+  return n * n
+
+
+def pointwise_kl(p: jax.Array, log_p: jax.Array, log_r: jax.Array) -> jax.Array:
+  """The summands ``p (log p - log r)``, with ``0 log 0 = 0`` against any ``log r``.
+
+  The per-class terms users compare with torch's ``kl_div(reduction="none")``
+  and differentiate w.r.t. free log-probabilities. Their row sum is the KL
+  only up to rounding (it cancels for nearly equal rows; the row values use
+  :func:`kl_elementwise`).
+
+  Args:
+    p: the first distribution's probabilities (``>= 0``).
+    log_p: ``log p`` where ``p > 0``; any finite value where ``p = 0`` (pass
+      ``log(where(p == 0, 1, p))``, so its derivative is not ``0 · inf``).
+    log_r: the second distribution's log-probabilities, ``-inf`` allowed.
+
+  Returns:
+    The terms, shape of the broadcast inputs: 0 where ``p = 0`` with zero
+    derivatives (NaN if ``log_r`` is NaN), ``+inf`` for mass on ``log r = -inf``.
+  """
+  zero = p == 0
+  p_s, log_p_s, log_r_s = jnp.where(zero, 1, p), jnp.where(zero, 0, log_p), jnp.where(zero, 0, log_r)
+  return jnp.where(zero, nan_of(log_r), p_s * (log_p_s - log_r_s))

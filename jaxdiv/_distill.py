@@ -14,8 +14,9 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxdiv import _categorical, _kernels, _options, _reduction
+from jaxdiv import _categorical, _divergences, _kernels, _options, _reduction
 from jaxdiv import _validation as v
+from jaxdiv._categorical_inputs import INT_HINT, masked
 from jaxdiv._reduction import Reduction
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
@@ -114,7 +115,7 @@ def distillation_loss(
   ignore_index = _options.ignore_index(ignore_index)
   _reduction.check(reduction, normalizer)
   z = v.as_floating("student_logits", student_logits)
-  t = v.as_floating("teacher_logits", teacher_logits, _categorical._INT_HINT)
+  t = v.as_floating("teacher_logits", teacher_logits, INT_HINT)
   v.same_shape("teacher_logits", t, "student_logits", z)
   ax = v.class_axis(axis, z.ndim, "student_logits")
   mask = v.mask(where, z.shape)
@@ -124,11 +125,11 @@ def distillation_loss(
   kw = {"axis": ax, "where": mask}
   zs, ts = z / t_value, t / t_value
   if kind == "forward_kl":
-    loss = _categorical.kl_divergence_with_log_targets(zs, ts, **kw)
+    loss = _divergences.kl_divergence_with_log_targets(zs, ts, **kw)
   elif kind == "reverse_kl":
-    loss = _categorical.reverse_kl_divergence(zs, ts, **kw)
+    loss = _divergences.reverse_kl_divergence(zs, ts, **kw)
   else:
-    loss = _categorical.jensen_shannon_divergence(zs, ts, beta=beta, **kw)
+    loss = _divergences.jensen_shannon_divergence(zs, ts, beta=beta, **kw)
   if scale_by_temperature_squared:
     loss = (t_value * t_value) * loss
   valid = jnp.ones(loss.shape, bool) if mask is None else jnp.any(mask, axis=ax)
@@ -232,7 +233,7 @@ def top_k_kl_divergence(
   mask = v.mask(where, x.shape)
   x, lp = v.to_compute(x, lp)
   lp = jax.lax.stop_gradient(lp)
-  x = jnp.moveaxis(_categorical._masked(x, mask, -jnp.inf), ax, -1)
+  x = jnp.moveaxis(masked(x, mask, -jnp.inf), ax, -1)
   ids, lp = jnp.moveaxis(ids, ax, -1), jnp.moveaxis(lp, ax, -1)
   num_classes = x.shape[-1]
   # Ids follow the label contract: compared in a wide type (no int8 wrap); an
@@ -252,7 +253,7 @@ def top_k_kl_divergence(
     teacher_rest = jnp.where(student_rest == -jnp.inf, -jnp.inf, _log1mexp(t_shift + t_log_sum))
     student = jnp.concatenate([student, student_rest], axis=-1)
     teacher = jnp.concatenate([teacher, teacher_rest], axis=-1)
-  loss = _categorical.kl_divergence_with_log_targets(student, teacher)
+  loss = _divergences.kl_divergence_with_log_targets(student, teacher)
   loss = jnp.where(bad_id, jnp.nan, loss)
   valid = jnp.ones(loss.shape, bool) if mask is None else jnp.any(jnp.moveaxis(mask, ax, -1), axis=-1)
   loss = jnp.where(valid, loss, 0)

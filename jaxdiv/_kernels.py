@@ -56,7 +56,8 @@ def _log_softmax_primal(x: jax.Array, axis: int) -> tuple[jax.Array, jax.Array, 
   log_sum = jnp.log(sum_exp)
   # Subtracting the log-sum from the *shifted* logits (not the full logsumexp
   # from the raw logits) keeps ties at 1e30 exact: log 2, not 0.
-  log_probs = shifted - jnp.where(sum_exp > 0, log_sum, 0)
+  # An empty row (sum 0) keeps its -inf entries; a NaN sum (a NaN logit) makes every entry NaN.
+  log_probs = shifted - jnp.where(sum_exp == 0, 0, log_sum)
   return log_probs, shift, log_sum
 
 

@@ -20,6 +20,7 @@ import warnings
 from typing import Any, Literal, NamedTuple, cast
 
 import jax
+import numpy as np
 
 Divergence = Literal["forward_kl", "reverse_kl", "jsd"]
 Smoothing = Literal["uniform", "t5x"]
@@ -106,6 +107,13 @@ def divergence(value: Any, beta: Any = 0.5) -> tuple[Divergence, float]:
   if value == "jsd" and b == 1.0:
     return "reverse_kl", b
   return cast(Divergence, value), b
+
+
+def flag(name: str, value: Any) -> bool:
+  """A static switch: a Python (or NumPy) bool, never a traced array."""
+  if not isinstance(value, (bool, np.bool_)):
+    raise TypeError(f"{name} must be a Python bool; got {value!r}.")
+  return bool(value)
 
 
 def reverse_flag(reverse: Any, divergence_: Any) -> Any:

@@ -53,7 +53,7 @@ from typing import Any, Callable, NamedTuple, TypeVar
 import jax
 import jax.numpy as jnp
 
-from jaxdiv import _binary, _categorical, _gaussian
+from jaxdiv import _binary, _categorical, _divergences, _gaussian
 
 KLFn = Callable[[Any, Any], jax.Array]
 EntropyFn = Callable[[Any], jax.Array]
@@ -457,13 +457,13 @@ def _entropy_bernoulli(p: _Bernoulli) -> jax.Array:
 @register_kl(_Categorical, _Categorical)
 def _kl_categorical(p: _Categorical, q: _Categorical) -> jax.Array:
   a, b = _event_pair("Categorical", p.logits, q.logits)
-  return _categorical.kl_divergence_with_log_targets(b, a)
+  return _divergences.kl_divergence_with_log_targets(b, a)
 
 
 @register_cross_entropy(_Categorical, _Categorical)
 def _cross_entropy_categorical(p: _Categorical, q: _Categorical) -> jax.Array:
   a, b = _event_pair("Categorical", p.logits, q.logits)
-  return _categorical.kl_divergence_with_log_targets(b, a) + _categorical.entropy(a)
+  return _divergences.kl_divergence_with_log_targets(b, a) + _categorical.entropy(a)
 
 
 @register_entropy(_Categorical)

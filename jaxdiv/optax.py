@@ -76,7 +76,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 import jaxdiv
-from jaxdiv import _kernels
+from jaxdiv import _core, _kernels
 from jaxdiv import _validation as v
 
 Axis = int | tuple[int, ...] | None
@@ -407,12 +407,6 @@ def smooth_labels(
 # --------------------------------------------------------------------------- #
 
 
-def _nan_of(x: jax.Array) -> jax.Array:
-  """0 where ``x`` is not NaN; NaN, with a NaN derivative, where it is."""
-  n = jnp.where(jnp.isnan(x), x, 0)
-  return n * n
-
-
 def _expm1_minus(d: jax.Array) -> jax.Array:
   """``e^d - 1 - d`` to full relative precision: a Taylor series for ``|d| < 1/2``.
 
@@ -502,9 +496,7 @@ def kl_divergence(
     0.0000
   """
   x, p, axes, mask = _kl_inputs(log_predictions, targets, axis, where, "targets", 0)
-  zero = p == 0
-  p_s, x_s = jnp.where(zero, 1, p), jnp.where(zero, 0, x)
-  terms = jnp.where(zero, _nan_of(x), p_s * (jnp.log(p_s) - x_s))
+  terms = _core.pointwise_kl(p, jnp.log(jnp.where(p == 0, 1, p)), x)
   return _sum(terms, axes, mask)
 
 
@@ -547,9 +539,7 @@ def kl_divergence_with_log_targets(
     0.3466
   """
   x, t, axes, mask = _kl_inputs(log_predictions, log_targets, axis, where, "log_targets", -jnp.inf)
-  zero = t == -jnp.inf
-  t_s, x_s = jnp.where(zero, 0, t), jnp.where(zero, 0, x)
-  terms = jnp.where(zero, _nan_of(x), jnp.exp(t_s) * (t_s - x_s))
+  terms = _core.pointwise_kl(jnp.exp(t), t, x)
   return _sum(terms, axes, mask)
 
 

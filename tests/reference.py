@@ -704,3 +704,23 @@ def mvn_exact_general(kind, mean, a, target_mean=None, target_a=None, given=("sc
     else:
       out[idx] = float((k * log_2pi + log_det(s2) + trace + maha) / 2)
   return out
+
+
+def torch_kl_div(input, target, log_target=False, reduction="none"):
+  """A float64 port of ``torch.nn.functional.kl_div``: element-wise ``p (log p - input)``, then the reduction.
+
+  ``input`` holds log-probabilities; ``target`` probabilities (``0 · log 0 = 0``, torch's ``xlogy``) or,
+  with ``log_target``, log-probabilities. ``"mean"`` divides by the number of elements, ``"batchmean"``
+  by ``input.shape[0]``.
+  """
+  x, t = f64(input), f64(target)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    out = np.exp(t) * (t - x) if log_target else special.xlogy(t, t) - t * x
+  out = np.where(np.exp(t) == 0 if log_target else t == 0, 0.0, out)
+  if reduction == "none":
+    return out
+  if reduction == "sum":
+    return out.sum()
+  if reduction == "mean":
+    return out.sum() / out.size
+  return out.sum() / out.shape[0]

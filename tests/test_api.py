@@ -276,7 +276,7 @@ def test_integer_target_raises_type_error_pointing_to_the_label_function(name):
     call(case, jnp.asarray(args[0], jnp.float32), jnp.zeros((2, 3), jnp.int32))
 
 
-@pytest.mark.parametrize("name", [n for n in CASE_IDS if CASES[n].fn.__module__ == "jaxdiv._categorical"])
+@pytest.mark.parametrize("name", [n for n in CASE_IDS if CASES[n].fn.__module__ in ("jaxdiv._categorical", "jaxdiv._divergences")])
 @pytest.mark.parametrize("axis", [2, -3])
 def test_bad_axis_raises_value_error(name, axis):
   case = CASES[name]
