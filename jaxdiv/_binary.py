@@ -15,8 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from jaxdiv import _core, _kernels, _row_losses
-from jaxdiv import _reduction
+from jaxdiv import _core, _kernels, _reduction, _row_losses
 from jaxdiv import _validation as v
 from jaxdiv._reduction import Reduction
 
@@ -65,7 +64,9 @@ def _pos_weight(pos_weight: ArrayLike, shape: tuple[int, ...]) -> jax.Array:
   w = jnp.asarray(pos_weight)
   if jnp.issubdtype(w.dtype, jnp.bool_) or jnp.issubdtype(w.dtype, jnp.integer):
     w = w.astype(jnp.float32)
-  w = v.as_floating("pos_weight", w, "Pass the weight of the positive term, e.g. num_negatives / num_positives.")
+  w = v.as_floating(
+      "pos_weight", w, "Pass the weight of the positive term, e.g. num_negatives / num_positives."
+  )
   try:
     return jnp.broadcast_to(w, shape)
   except ValueError as e:
@@ -340,7 +341,9 @@ def binary_kl_divergence(
   """
   _reduction.check(reduction, normalizer)
   x = v.as_floating("logits", logits)
-  t = v.as_floating("target_logits", target_logits, "Pass target logits; for 0/1 labels use binary_cross_entropy.")
+  t = v.as_floating(
+      "target_logits", target_logits, "Pass target logits; for 0/1 labels use binary_cross_entropy."
+  )
   v.same_shape("target_logits", t, "logits", x)
   x, t, mask, axes = _inputs(x, t, axis, where)
   # Finite logits: Bernoulli(σ(z)) is Categorical(softmax([z, 0])), and the
@@ -352,7 +355,9 @@ def binary_kl_divergence(
   # into the other's gradient.
   infinite = jnp.isinf(x) | jnp.isinf(t)
   two_outcomes = lambda a: jnp.stack([jnp.where(infinite, 0, a), jnp.zeros_like(a)], axis=-1)
-  accurate = _row_losses.divergence_rows(two_outcomes(x), two_outcomes(t), x.ndim, _core.DivSpec("forward_kl"))
+  accurate = _row_losses.divergence_rows(
+      two_outcomes(x), two_outcomes(t), x.ndim, _core.DivSpec("forward_kl")
+  )
   xi, ti = jnp.where(infinite, x, 0), jnp.where(infinite, t, 0)
   log_q1, log_q0 = _log_sigmoids(xi)
   log_p1, log_p0 = _log_sigmoids(ti)

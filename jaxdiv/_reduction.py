@@ -84,7 +84,8 @@ def reduce_elements(
 def _safe_divide(total: jax.Array, denominator: jax.Array) -> jax.Array:
   """``total / denominator``, and 0 with zero gradient where the denominator is 0."""
   zero = denominator == 0
-  return jnp.where(zero, jnp.zeros_like(total), total / jnp.where(zero, jnp.ones_like(denominator), denominator))
+  safe_denominator = jnp.where(zero, jnp.ones_like(denominator), denominator)
+  return jnp.where(zero, jnp.zeros_like(total), total / safe_denominator)
 
 
 def reduce(

@@ -58,7 +58,9 @@ def class_axis(axis: Any, ndim: int, name: str = "logits") -> int:
   if ndim == 0:
     raise ValueError(f"{name} must have at least one dimension (the class axis); got a scalar.")
   if not -ndim <= axis < ndim:
-    raise ValueError(f"axis={axis} is out of range for {name} of rank {ndim}; expected -{ndim} <= axis < {ndim}.")
+    raise ValueError(
+        f"axis={axis} is out of range for {name} of rank {ndim}; expected -{ndim} <= axis < {ndim}."
+    )
   return axis % ndim
 
 
@@ -158,5 +160,7 @@ def check_labels(labels: ArrayLike, num_classes: int, *, ignore_index: int | Non
     valid = valid | (y == ignore_index)
   bad = jnp.where(valid, 0, y)
   first_bad = bad.reshape(-1)[jnp.argmax(~valid.reshape(-1))] if y.size else jnp.asarray(0)
-  checkify.check(jnp.all(valid), "labels must lie in [0, {n}); found {bad}", n=jnp.asarray(num_classes), bad=first_bad)
+  checkify.check(
+      jnp.all(valid), "labels must lie in [0, {n}); found {bad}", n=jnp.asarray(num_classes), bad=first_bad
+  )
   return labels if isinstance(labels, jax.Array) else given

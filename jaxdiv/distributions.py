@@ -48,7 +48,8 @@ type pair takes precedence over the built-in families.
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple, TypeVar
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -327,7 +328,8 @@ def _distrax_family(dist: Any, names: list[str]):
     return _MultivariateNormal(dist.loc, dist.scale_diag, None)
   if "MultivariateNormalTri" in names:
     # An upper factor U has U Uᵀ = Σ but is not a Cholesky factor: refactor it.
-    return _MultivariateNormal(dist.loc, None, dist.scale_tri if dist.is_lower else _lower_factor(dist.scale_tri))
+    lower = dist.scale_tri if dist.is_lower else _lower_factor(dist.scale_tri)
+    return _MultivariateNormal(dist.loc, None, lower)
   if "MultivariateNormalFromBijector" in names:  # DiagPlusLowRank and any linear scale
     return _MultivariateNormal(dist.loc, None, _lower_factor(dist.scale.matrix))
   if "Bernoulli" in names:
@@ -364,7 +366,7 @@ def _tfp_family(dist: Any, names: list[str]):
 
 
 def _standardized(loc, scale, target_loc, target_scale):
-  """``(z, s, log σ₂)``: ``z = (μ₁ − μ₂)/σ₂`` and ``s = log(σ₁/σ₂)``, in the frame where the target is N(0, 1).
+  """``(z, s, log σ₂)``: ``z = (μ₁ − μ₂)/σ₂``, ``s = log(σ₁/σ₂)``, in the frame where the target is N(0, 1).
 
   distrax/TFP store scales, not log-scales: ``log σ₁ − log σ₂`` from two
   rounded logs would lose a tenth of a 1e-12 KL; ``log(σ₁/σ₂)`` through
