@@ -7,7 +7,8 @@ function that has no entry here, so a new loss cannot skip the contract tests.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -94,7 +95,8 @@ CASES.update({
         {"label_smoothing": 0.1, "soft_cap": 30.0, "z_loss": 1e-3, "ignore_index": 2}),
     # teacher_gradient=True: the contract's derivatives w.r.t. the target are the teacher's.
     "distillation_loss_temperature_0.5": Case(
-        jaxdiv.distillation_loss, ref.distillation_loss, "logits", {"temperature": 0.5, "teacher_gradient": True}),
+        jaxdiv.distillation_loss, ref.distillation_loss, "logits",
+        {"temperature": 0.5, "teacher_gradient": True}),
 })
 
 # --------------------------------------------------------------------------- #
@@ -148,8 +150,8 @@ def _fused_inputs(logits, where):
 def _fused_ce(logits, labels, where=None, **kw):
   h, w, b, classes, tokens, restore = _fused_inputs(logits, where)
   y, _ = _rows(labels[..., None])
-  out = jaxdiv.fused_linear_cross_entropy(h, w, y[:, 0], bias=b, where=classes, token_mask=tokens, mode="low_memory",
-                                          reduction="none", vocab_block=4, **kw)
+  out = jaxdiv.fused_linear_cross_entropy(h, w, y[:, 0], bias=b, where=classes, token_mask=tokens,
+                                          mode="low_memory", reduction="none", vocab_block=4, **kw)
   return restore(out)
 
 
@@ -158,8 +160,9 @@ def _fused_distillation(divergence, **fixed):
   def fn(logits, target_logits, where=None, **kw):
     h, w, b, classes, tokens, restore = _fused_inputs(logits, where)
     t, _ = _rows(target_logits)
-    out = jaxdiv.fused_linear_distillation(h, w, t, bias=b, divergence=divergence, where=classes, token_mask=tokens,
-                                           mode="low_memory", reduction="none", vocab_block=4, **fixed, **kw)
+    out = jaxdiv.fused_linear_distillation(h, w, t, bias=b, divergence=divergence, where=classes,
+                                           token_mask=tokens, mode="low_memory", reduction="none",
+                                           vocab_block=4, **fixed, **kw)
     return restore(out)
   return fn
 
@@ -169,8 +172,8 @@ def _vocab_parallel_fused_ce(logits, labels, where=None, **kw):
   h, w, b, classes, tokens, restore = _fused_inputs(logits, where)
   y, _ = _rows(labels[..., None])
   out = jaxdiv.vocab_parallel_fused_linear_cross_entropy(
-      h, w, y[:, 0], bias=b, mesh=_vocab_mesh(w.shape[1]), vocab_axis="vocab", where=classes, token_mask=tokens,
-      reduction="none", vocab_block=1, **kw)
+      h, w, y[:, 0], bias=b, mesh=_vocab_mesh(w.shape[1]), vocab_axis="vocab", where=classes,
+      token_mask=tokens, reduction="none", vocab_block=1, **kw)
   return restore(out)
 
 
@@ -208,7 +211,8 @@ CASES.update({
         _fused_distillation("reverse_kl"), ref.reverse_kl_divergence, "logits", modes=("rev",),
         constant_target=True, adapter=True),
     "fused_linear_distillation_jsd_0.3": Case(
-        _fused_distillation("jsd", beta=0.3), lambda z, t, **kw: ref.jensen_shannon_divergence(z, t, 0.3, **kw),
+        _fused_distillation("jsd", beta=0.3),
+        lambda z, t, **kw: ref.jensen_shannon_divergence(z, t, 0.3, **kw),
         "logits", modes=("rev",), constant_target=True, adapter=True),
     "vocab_parallel_fused_linear_cross_entropy": Case(
         _vocab_parallel_fused_ce, ref.cross_entropy_options, "labels", {"label_smoothing": 0.1},
@@ -218,8 +222,8 @@ CASES.update({
         {"label_smoothing": 0.1, "z_loss": 1e-3, "soft_cap": 30.0, "ignore_index": 2},
         adapter=True),
     "vocab_parallel_kl_divergence": Case(
-        _vocab_parallel_divergence("vocab_parallel_kl_divergence"), ref.kl_divergence_with_log_targets, "logits",
-        adapter=True),
+        _vocab_parallel_divergence("vocab_parallel_kl_divergence"), ref.kl_divergence_with_log_targets,
+        "logits", adapter=True),
     "vocab_parallel_jensen_shannon_divergence": Case(
         _vocab_parallel_divergence("vocab_parallel_jensen_shannon_divergence"), ref.jensen_shannon_divergence,
         "logits", adapter=True),

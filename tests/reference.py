@@ -177,8 +177,8 @@ def multivariate_normal_kl_divergence(mean, scale_tril, target_mean, target_scal
 
 
 def multivariate_normal_entropy(scale_tril):
-  l = f64(scale_tril)
-  s = l @ np.swapaxes(l, -1, -2)
+  tril = f64(scale_tril)
+  s = tril @ np.swapaxes(tril, -1, -2)
   k = s.shape[-1]
   return 0.5 * (k * np.log(2 * np.pi * np.e) + np.linalg.slogdet(s)[1])
 
@@ -197,7 +197,7 @@ def multivariate_normal_kl_exact(mean, scale_tril, target_mean, target_scale_tri
     dec = lambda a: [[Decimal(float(x)) for x in row] for row in np.tril(np.asarray(a, np.float64))]
     l1, l2 = dec(scale_tril), dec(target_scale_tril)
     k = len(l1)
-    mat = lambda l: [[sum(l[i][t] * l[j][t] for t in range(k)) for j in range(k)] for i in range(k)]
+    mat = lambda tril: [[sum(tril[i][t] * tril[j][t] for t in range(k)) for j in range(k)] for i in range(k)]
     s1, s2 = mat(l1), mat(l2)
     dm = [Decimal(float(b)) - Decimal(float(a)) for a, b in zip(mean, target_mean)]
     # Solve Σ₂ X = [Σ₁ | Δμ] by Gauss–Jordan elimination.
@@ -448,7 +448,8 @@ def gaussian_kl_exact(mean, log_var, target_mean, target_log_var, parameterizati
   return _sum_exact(_mp_vectorize(term, mean, log_var, target_mean, target_log_var), axis)
 
 
-def gaussian_cross_entropy_exact(mean, log_var, target_mean, target_log_var, parameterization="log_var", axis=-1):
+def gaussian_cross_entropy_exact(mean, log_var, target_mean, target_log_var, parameterization="log_var",
+                                 axis=-1):
   """``-E_p log q`` for diagonal Gaussians: ½(log 2π + log σ₂² + (σ₁² + (μ₁ − μ₂)²)/σ₂²)."""
   mp = _mp()
 
@@ -486,7 +487,7 @@ def _mvn_one(m1, l1, m2, l2, kind):
   mp = _mp()
   k = len(m1)
   a, b = _mp_matrix(l1), _mp_matrix(l2)
-  logdet = lambda l: sum(mp.log(abs(l[i, i])) for i in range(k))
+  logdet = lambda tril: sum(mp.log(abs(tril[i, i])) for i in range(k))
   half_log_2pi = mp.log(2 * mp.pi) / 2
   if kind == "entropy":
     return k * (half_log_2pi + mp.mpf(1) / 2) + logdet(a)
@@ -582,7 +583,8 @@ def categorical_exact(kind, logits, target_logits=None):
 # --------------------------------------------------------------------------- #
 
 
-def binary_cross_entropy_options(logits, targets, pos_weight=None, label_smoothing=0.0, axis=None, where=None):
+def binary_cross_entropy_options(logits, targets, pos_weight=None, label_smoothing=0.0, axis=None,
+                                 where=None):
   """torch's ``BCEWithLogitsLoss(pos_weight)`` on targets smoothed to ``y (1 - ε) + ε/2``."""
   z, y = f64(logits), f64(targets)
   y = y * (1 - label_smoothing) + label_smoothing / 2
@@ -635,7 +637,8 @@ def optax_kl_divergence_with_log_targets(log_predictions, log_targets, axis=-1, 
   return terms.sum(axis)
 
 
-def torch_cross_entropy(logits, labels, weight=None, ignore_index=-100, reduction="mean", label_smoothing=0.0):
+def torch_cross_entropy(logits, labels, weight=None, ignore_index=-100, reduction="mean",
+                        label_smoothing=0.0):
   """A float64 port of ``torch.nn.functional.cross_entropy`` (integer targets), logits ``[N, C]``.
 
   With ``ε = label_smoothing``, class weights ``w`` (ones if None) and the

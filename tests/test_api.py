@@ -102,7 +102,8 @@ def test_jacfwd_equals_jacrev_and_hessian_is_symmetric(name):
       jax.jacfwd(f)(args[0])
     assert np.all(np.isfinite(np.asarray(jax.jit(jax.jacrev(f))(args[0]))))
     return
-  np.testing.assert_allclose(jax.jit(jax.jacfwd(f))(args[0]), jax.jit(jax.jacrev(f))(args[0]), rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(jax.jit(jax.jacfwd(f))(args[0]), jax.jit(jax.jacrev(f))(args[0]),
+                             rtol=1e-5, atol=1e-6)
   h = jax.jit(jax.hessian(_total(case)))(*args)
   h2 = np.asarray(h).reshape(args[0].size, args[0].size)
   assert np.all(np.isfinite(h2))
@@ -148,20 +149,25 @@ def _edge_inputs(case: Case, edge: str, dtype_name: str):
     elif t == "probs":
       p = np.array(args[1])
       if edge == "one_hot" or edge == "neg_inf_logit_positive_target":
-        p = np.zeros(shape); p[:, 0] = 1.0
+        p = np.zeros(shape)
+        p[:, 0] = 1.0
       else:
-        p[:, 1] = 0.0; p /= p.sum(-1, keepdims=True)
+        p[:, 1] = 0.0
+        p /= p.sum(-1, keepdims=True)
       args[1] = p
     elif t == "binary_probs":
       y = np.array(args[1])
       y[:, 1] = 0.0
       if edge == "one_hot" or edge == "neg_inf_logit_positive_target":
-        y = (rng.uniform(size=shape) > 0.5).astype(float); y[:, 1] = 0.0; y[:, 0] = 1.0
+        y = (rng.uniform(size=shape) > 0.5).astype(float)
+        y[:, 1] = 0.0
+        y[:, 0] = 1.0
       args[1] = y
     elif t == "logits":
       tl = np.array(args[1])
       if edge == "one_hot" or edge == "neg_inf_logit_positive_target":
-        tl = np.full(shape, -np.inf); tl[:, 0] = 0.0
+        tl = np.full(shape, -np.inf)
+        tl[:, 0] = 0.0
       else:
         tl[:, 1] = -np.inf
       args[1] = tl
@@ -195,7 +201,8 @@ def _edge_inputs(case: Case, edge: str, dtype_name: str):
 # The adapters (fused and vocab-parallel losses through hidden @ identity or a mesh) run the matrix in
 # float32: their bf16 inputs are hidden states and weights, covered in tests/test_fused.py, and each
 # compiles a shard_map or block loop per cell, which the CI time budget pays for once, not three times.
-MATRIX = [(n, e, d) for n in CASE_IDS for e in EDGES for d in DTYPES if d == "float32" or not CASES[n].adapter]
+MATRIX = [(n, e, d) for n in CASE_IDS for e in EDGES for d in DTYPES
+          if d == "float32" or not CASES[n].adapter]
 
 
 @pytest.mark.parametrize("name, edge, dtype_name", MATRIX)
@@ -276,7 +283,8 @@ def test_integer_target_raises_type_error_pointing_to_the_label_function(name):
     call(case, jnp.asarray(args[0], jnp.float32), jnp.zeros((2, 3), jnp.int32))
 
 
-@pytest.mark.parametrize("name", [n for n in CASE_IDS if CASES[n].fn.__module__ in ("jaxdiv._categorical", "jaxdiv._divergences")])
+@pytest.mark.parametrize("name", [
+    n for n in CASE_IDS if CASES[n].fn.__module__ in ("jaxdiv._categorical", "jaxdiv._divergences")])
 @pytest.mark.parametrize("axis", [2, -3])
 def test_bad_axis_raises_value_error(name, axis):
   case = CASES[name]

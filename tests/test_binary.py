@@ -38,7 +38,8 @@ def test_infinite_and_huge_logits_give_exact_values(logit, target, want):
   got = jaxdiv.binary_cross_entropy(jnp.float32(logit), jnp.float32(target))
   np.testing.assert_allclose(got, want, rtol=1e-7)
   if np.isfinite(want) and np.isinf(logit):
-    g = jax.grad(lambda z, y: jaxdiv.binary_cross_entropy(z, y), (0, 1))(jnp.float32(logit), jnp.float32(target))
+    grad = jax.grad(lambda z, y: jaxdiv.binary_cross_entropy(z, y), (0, 1))
+    g = grad(jnp.float32(logit), jnp.float32(target))
     assert np.all(np.isfinite(np.asarray(g)))
 
 
@@ -53,7 +54,8 @@ def test_bernoulli_kl_at_deterministic_outcomes(logit, target_logit):
   want = ref.binary_kl_divergence(np.float32(logit), np.float32(target_logit))
   np.testing.assert_allclose(got, want, rtol=1e-6)
   if np.isfinite(want):
-    g = jax.grad(lambda z, t: jaxdiv.binary_kl_divergence(z, t), (0, 1))(jnp.float32(logit), jnp.float32(target_logit))
+    grad = jax.grad(lambda z, t: jaxdiv.binary_kl_divergence(z, t), (0, 1))
+    g = grad(jnp.float32(logit), jnp.float32(target_logit))
     assert np.all(np.isfinite(np.asarray(g)))
     h = jax.hessian(lambda z: jaxdiv.binary_kl_divergence(z, jnp.float32(target_logit)))(jnp.float32(logit))
     assert np.isfinite(h)
@@ -116,12 +118,14 @@ def test_pos_weight_is_torch_bce_with_logits_semantics():
   z, y = rng.normal(size=(4, 3)) * 3, rng.uniform(size=(4, 3))
   w = np.array([0.5, 2.0, 7.0])
   got = jaxdiv.binary_cross_entropy(jnp.float32(z), jnp.float32(y), pos_weight=jnp.float32(w))
-  np.testing.assert_allclose(got, ref.binary_cross_entropy_options(np.float32(z), np.float32(y), pos_weight=w),
-                             rtol=1e-6)
+  want = ref.binary_cross_entropy_options(np.float32(z), np.float32(y), pos_weight=w)
+  np.testing.assert_allclose(got, want, rtol=1e-6)
   # pos_weight = 1 is the plain loss; an integer weight is accepted.
-  np.testing.assert_array_equal(jaxdiv.binary_cross_entropy(z, y, pos_weight=1.0), jaxdiv.binary_cross_entropy(z, y))
+  np.testing.assert_array_equal(jaxdiv.binary_cross_entropy(z, y, pos_weight=1.0),
+                                jaxdiv.binary_cross_entropy(z, y))
   np.testing.assert_allclose(jaxdiv.binary_cross_entropy(z, y, pos_weight=np.array([1, 2, 7])),
-                             jaxdiv.binary_cross_entropy(z, y, pos_weight=np.array([1.0, 2.0, 7.0])), rtol=1e-7)
+                             jaxdiv.binary_cross_entropy(z, y, pos_weight=np.array([1.0, 2.0, 7.0])),
+                             rtol=1e-7)
 
 
 def test_pos_weight_gradient_and_infinite_logits():
@@ -148,7 +152,8 @@ def test_label_smoothing_moves_targets_to_eps_over_2():
   rng = np.random.default_rng(14)
   z, y = rng.normal(size=(5, 4)) * 2, (rng.uniform(size=(5, 4)) > 0.5).astype(np.float64)
   got = jaxdiv.binary_cross_entropy(jnp.float32(z), jnp.float32(y), label_smoothing=0.2)
-  np.testing.assert_allclose(got, ref.binary_cross_entropy_options(np.float32(z), y, label_smoothing=0.2), rtol=1e-6)
+  np.testing.assert_allclose(got, ref.binary_cross_entropy_options(np.float32(z), y, label_smoothing=0.2),
+                             rtol=1e-6)
   # The same as smoothing the labels over the two outcomes with optax.smooth_labels.
   two = jnp.stack([jnp.float32(y), 1 - jnp.float32(y)], -1)
   smoothed = optax.smooth_labels(two, 0.2)[..., 0]
@@ -161,7 +166,8 @@ def test_label_smoothing_moves_targets_to_eps_over_2():
 @pytest.mark.parametrize("kwargs, message", [
     ({"label_smoothing": 1.5}, r"label_smoothing must lie in \[0, 1\]; got 1.5"),
     ({"label_smoothing": -0.1}, r"label_smoothing must lie in \[0, 1\]; got -0.1"),
-    ({"pos_weight": jnp.ones(4)}, r"pos_weight must be broadcastable to the logits shape \[2, 3\].*got \[4\]"),
+    ({"pos_weight": jnp.ones(4)},
+     r"pos_weight must be broadcastable to the logits shape \[2, 3\].*got \[4\]"),
 ])
 def test_binary_option_errors_name_the_argument(kwargs, message):
   with pytest.raises(ValueError, match=message):
@@ -182,7 +188,8 @@ def test_sigmoid_focal_loss_equals_optax_where_optax_is_finite(gamma, alpha):
   got = jaxdiv.sigmoid_focal_loss(z, y, gamma=gamma, alpha=alpha)
   np.testing.assert_allclose(got, optax.losses.sigmoid_focal_loss(z, y, gamma=gamma, alpha=alpha), rtol=2e-6,
                              atol=1e-7)
-  np.testing.assert_allclose(got, ref.sigmoid_focal_loss(z, y, gamma=gamma, alpha=alpha), rtol=2e-6, atol=1e-7)
+  np.testing.assert_allclose(got, ref.sigmoid_focal_loss(z, y, gamma=gamma, alpha=alpha), rtol=2e-6,
+                             atol=1e-7)
   if gamma == 0.0:  # α_t · BCE
     a_t = 1.0 if alpha is None else alpha * y + (1 - alpha) * (1 - y)
     np.testing.assert_allclose(got, a_t * jaxdiv.binary_cross_entropy(z, y), rtol=1e-6)
@@ -208,10 +215,12 @@ def test_focal_and_poly_at_infinite_logits_are_finite_with_finite_derivatives(fn
 
 
 def ref_fn(fn):
-  return {jaxdiv.sigmoid_focal_loss: ref.sigmoid_focal_loss, jaxdiv.binary_poly_loss: ref.binary_poly_loss}[fn]
+  return {jaxdiv.sigmoid_focal_loss: ref.sigmoid_focal_loss,
+          jaxdiv.binary_poly_loss: ref.binary_poly_loss}[fn]
 
 
-@pytest.mark.parametrize("fn", [jaxdiv.sigmoid_focal_loss, jaxdiv.binary_poly_loss, jaxdiv.binary_cross_entropy])
+@pytest.mark.parametrize("fn", [jaxdiv.sigmoid_focal_loss, jaxdiv.binary_poly_loss,
+                                jaxdiv.binary_cross_entropy])
 def test_nan_logit_or_target_gives_nan(fn):
   got = fn(jnp.array([jnp.nan, 0.3, 1.0]), jnp.array([1.0, jnp.nan, 0.0]))
   assert np.all(np.isnan(np.asarray(got[:2]))) and np.isfinite(got[2])
@@ -223,7 +232,7 @@ def test_binary_poly_loss_is_bce_plus_epsilon_times_one_minus_pt():
   bce = jaxdiv.binary_cross_entropy(z, y)
   np.testing.assert_allclose(jaxdiv.binary_poly_loss(z, y, epsilon=0.0), bce, rtol=1e-7)
   p = jax.nn.sigmoid(z)
-  np.testing.assert_allclose(jaxdiv.binary_poly_loss(z, y, epsilon=2.0), bce + 2.0 * (y * (1 - p) + (1 - y) * p),
-                             rtol=1e-6)
+  np.testing.assert_allclose(jaxdiv.binary_poly_loss(z, y, epsilon=2.0),
+                             bce + 2.0 * (y * (1 - p) + (1 - y) * p), rtol=1e-6)
   np.testing.assert_allclose(jaxdiv.binary_poly_loss(z, y, epsilon=2.0, axis=-1, reduction="mean"),
                              np.mean(ref.binary_poly_loss(z, y, epsilon=2.0, axis=-1)), rtol=1e-6)

@@ -31,7 +31,8 @@ def test_options_match_reference(divergence):
   for kw in ({"temperature": 1.0}, {"temperature": 3.0, "scale_by_temperature_squared": False},
              {"temperature": 2.0, "labels": y, "alpha": 0.3, "ignore_index": -100, "where": where},
              {"temperature": 0.5, "beta": 0.2, "where": where[:1, :], "reduction": "mean"},
-             {"temperature": 2.0, "labels": y, "ignore_index": -100, "reduction": "batchmean", "normalizer": 4}):
+             {"temperature": 2.0, "labels": y, "ignore_index": -100, "reduction": "batchmean",
+              "normalizer": 4}):
     got = jaxdiv.distillation_loss(z, t, divergence=divergence, **kw)
     want = ref.distillation_loss(z, t, divergence=divergence, **kw)
     np.testing.assert_allclose(np.asarray(got), want, rtol=2e-6, atol=1e-6, err_msg=str(kw))
@@ -60,8 +61,8 @@ def test_temperature_squared_factor_and_hard_label_mix():
   z, t = _pair(3)
   y = np.array([1, 2, 3])
   soft = jaxdiv.kl_divergence_with_log_targets(z / 4, t / 4)
-  np.testing.assert_allclose(np.asarray(jaxdiv.distillation_loss(z, t, temperature=4.0)), 16 * np.asarray(soft),
-                             rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(jaxdiv.distillation_loss(z, t, temperature=4.0)),
+                             16 * np.asarray(soft), rtol=1e-6)
   np.testing.assert_allclose(
       np.asarray(jaxdiv.distillation_loss(z, t, temperature=4.0, scale_by_temperature_squared=False)),
       np.asarray(soft), rtol=1e-6)
@@ -101,8 +102,8 @@ def test_derivatives_match_float64_finite_differences(divergence):
     rng = np.random.default_rng(6)
     z, t = jnp.asarray(rng.normal(size=(2, 4))), jnp.asarray(rng.normal(size=(2, 4)))
     f = lambda a, b: jnp.sum(jaxdiv.distillation_loss(a, b, divergence=divergence, temperature=1.7, beta=0.3,
-                                                      labels=jnp.array([1, 3]), alpha=0.4, teacher_gradient=True,
-                                                      reduction="mean"))
+                                                      labels=jnp.array([1, 3]), alpha=0.4,
+                                                      teacher_gradient=True, reduction="mean"))
     order = 2 if divergence == "forward_kl" else 1  # the divergences' own second order is in test_api
     jtu.check_grads(jax.jit(f), (z, t), order=order, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6, eps=1e-6)
 
@@ -116,7 +117,8 @@ def test_old_divergence_spelling_warns_and_means_forward_kl():
 
 def test_distillation_errors():
   z = jnp.zeros((2, 3))
-  with pytest.raises(ValueError, match=r"divergence must be one of \['forward_kl', 'reverse_kl', 'jsd'\]; got 'kld'"):
+  with pytest.raises(ValueError,
+                     match=r"divergence must be one of \['forward_kl', 'reverse_kl', 'jsd'\]; got 'kld'"):
     jaxdiv.distillation_loss(z, z, divergence="kld")
   with pytest.raises(ValueError, match=r"temperature must lie in \(0, inf\); got 0.0"):
     jaxdiv.distillation_loss(z, z, temperature=0.0)
@@ -126,7 +128,8 @@ def test_distillation_errors():
     jaxdiv.distillation_loss(z, z, divergence="forward_kl", beta=1.5)
   with pytest.raises(ValueError, match=r"alpha must lie in \[0, 1\]; got 2.0"):
     jaxdiv.distillation_loss(z, z, labels=jnp.zeros(2, jnp.int32), alpha=2.0)
-  with pytest.raises(ValueError, match=r"teacher_logits must have the same shape as student_logits, \[2, 3\]"):
+  with pytest.raises(ValueError,
+                     match=r"teacher_logits must have the same shape as student_logits, \[2, 3\]"):
     jaxdiv.distillation_loss(z, jnp.zeros((3, 3)))
 
 
@@ -187,8 +190,8 @@ def test_top_k_under_transforms_and_float64_derivatives(tail):
   with jax.enable_x64(True):
     z64, lp64 = jnp.asarray(z, jnp.float64), jnp.asarray(lp, jnp.float64)
     order = 2 if tail == "rest_bucket" else 1  # renormalize is the plain KL on gathered logits
-    jtu.check_grads(jax.jit(lambda a: jnp.sum(jaxdiv.top_k_kl_divergence(a, ids, lp64, tail=tail))), (z64,), order=order,
-                    modes=("fwd", "rev"), atol=1e-6, rtol=1e-6, eps=1e-6)
+    total = lambda a: jnp.sum(jaxdiv.top_k_kl_divergence(a, ids, lp64, tail=tail))
+    jtu.check_grads(jax.jit(total), (z64,), order=order, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6, eps=1e-6)
 
 
 def test_top_k_rest_bucket_is_accurate_when_the_top_k_hold_almost_all_mass():
@@ -206,11 +209,13 @@ def test_top_k_errors():
   z = jnp.zeros((2, 5))
   with pytest.raises(ValueError, match=r"tail must be one of \['renormalize', 'rest_bucket'\]; got 'drop'"):
     jaxdiv.top_k_kl_divergence(z, jnp.zeros((2, 2), jnp.int32), jnp.zeros((2, 2)), tail="drop")
-  with pytest.raises(ValueError, match=r"teacher_top_k_ids must have the shape of logits with axis 1 replaced by k"):
+  with pytest.raises(ValueError,
+                     match=r"teacher_top_k_ids must have the shape of logits with axis 1 replaced by k"):
     jaxdiv.top_k_kl_divergence(z, jnp.zeros((3, 2), jnp.int32), jnp.zeros((3, 2)))
   with pytest.raises(ValueError, match="k = 6 top-k ids exceed num_classes = 5"):
     jaxdiv.top_k_kl_divergence(z, jnp.zeros((2, 6), jnp.int32), jnp.zeros((2, 6)))
   with pytest.raises(TypeError, match="teacher_top_k_ids must be an integer array"):
     jaxdiv.top_k_kl_divergence(z, jnp.zeros((2, 2)), jnp.zeros((2, 2)))
-  with pytest.raises(ValueError, match="teacher_top_k_log_probs must have the same shape as teacher_top_k_ids"):
+  with pytest.raises(ValueError,
+                     match="teacher_top_k_log_probs must have the same shape as teacher_top_k_ids"):
     jaxdiv.top_k_kl_divergence(z, jnp.zeros((2, 2), jnp.int32), jnp.zeros((2, 3)))

@@ -86,7 +86,8 @@ def _two_distribution_cases():
                             {"logits": [0.0, -0.1, 0.1]}, 1e-2)
   rng = np.random.default_rng(0)  # distrax: np.random.randn, unseeded
   cases["normal"] = same(
-      "Normal", {"loc": rng.normal(size=(4, 1, 2)), "scale": np.asarray([[0.8, 0.2], [0.1, 1.2], [1.4, 3.1]])},
+      "Normal",
+      {"loc": rng.normal(size=(4, 1, 2)), "scale": np.asarray([[0.8, 0.2], [0.1, 1.2], [1.4, 3.1]])},
       {"loc": rng.normal(size=(3, 2)), "scale": 0.1 + rng.uniform(size=(4, 1, 2))}, 3e-2)
   rng = np.random.default_rng(42)
   cases["mvn_diag"] = same(
@@ -98,7 +99,8 @@ def _two_distribution_cases():
   loc1, tri1, loc2, tri2 = (rng.normal(size=s) for s in [(5, 1, 4), (3, 4, 4), (3, 4), (4, 4)])
   cases["mvn_tri_lower"] = ("MultivariateNormalTri", {"loc": loc1, "scale_tri": tri1, "is_lower": True},
                             {"loc": loc1, "scale_tril": tri1}, "MultivariateNormalTri",
-                            {"loc": loc2, "scale_tri": tri2, "is_lower": True}, {"loc": loc2, "scale_tril": tri2}, 1e-3)
+                            {"loc": loc2, "scale_tri": tri2, "is_lower": True},
+                            {"loc": loc2, "scale_tril": tri2}, 1e-3)
   cases["mvn_tri_upper"] = ("MultivariateNormalTri", {"loc": loc1, "scale_tri": tri1, "is_lower": False},
                             {"loc": loc1, "scale_tril": _triu_to_tril(tri1)}, "MultivariateNormalTri",
                             {"loc": loc2, "scale_tri": tri2, "is_lower": False},
@@ -339,7 +341,8 @@ def _entropy_cases():
       "mvn_diag_broadcast_loc": ("MultivariateNormalDiag",
                                  {"loc": [0.0, 0.1, -0.1], "scale_diag": [[1.5, 0.8, 0.5], [0.8, 0.1, 0.4]]}),
       "mvn_diag_broadcast_scale": ("MultivariateNormalDiag",
-                                   {"loc": [[0.0, 0.1, -0.1], [0.2, 0.0, 0.5]], "scale_diag": [1.5, 0.8, 0.5]}),
+                                   {"loc": [[0.0, 0.1, -0.1], [0.2, 0.0, 0.5]],
+                                    "scale_diag": [1.5, 0.8, 0.5]}),
       "mvn_diag_no_loc": ("MultivariateNormalDiag", {"scale_diag": [0.8, 0.5]}),
       "mvn_diag_no_scale": ("MultivariateNormalDiag", {"loc": [0.1, -0.1]}),
       "bernoulli_logits": ("Bernoulli", {"logits": [[0.0, 0.5, -0.5], [-0.2, 0.3, 0.5]]}),

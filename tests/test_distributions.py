@@ -88,8 +88,9 @@ def test_cross_entropy_dispatches_and_names_both_types_when_missing():
   p, q = _Coin(0.5), _BiasedCoin(-1.0)
   want = jaxdiv.binary_cross_entropy(jnp.asarray(-1.0), jax.nn.sigmoid(jnp.asarray(0.5)))
   np.testing.assert_allclose(jd.cross_entropy(p, q), want, rtol=1e-6)
-  with pytest.raises(NotImplementedError, match="no cross-entropy registered for H\\(_Coin ‖ _Die\\); add one with "
-                                                "@jaxdiv.distributions.register_cross_entropy"):
+  with pytest.raises(NotImplementedError,
+                     match="no cross-entropy registered for H\\(_Coin ‖ _Die\\); add one with "
+                           "@jaxdiv.distributions.register_cross_entropy"):
     jd.cross_entropy(_Coin(0.0), _Die(jnp.zeros(3)))
   with pytest.raises(ValueError, match="H\\(_Coin ‖ _Coin\\) is already registered"):
     jd.register_cross_entropy(_Coin, _Coin)(_cross_entropy_coin)

@@ -34,7 +34,8 @@ def _tril(rng, batch, k):
 
 
 def _mvn_args(rng, batch=(4,), k=2):
-  return [rng.normal(size=batch + (k,)), _tril(rng, batch, k), rng.normal(size=batch + (k,)), _tril(rng, batch, k)]
+  return [rng.normal(size=batch + (k,)), _tril(rng, batch, k),
+          rng.normal(size=batch + (k,)), _tril(rng, batch, k)]
 
 
 # The public functions, each with float64 inputs and its reference.
@@ -58,7 +59,9 @@ def _functions():
       "multivariate_normal_kl_divergence": (
           jaxdiv.multivariate_normal_kl_divergence, ref.multivariate_normal_kl_divergence, mvn
       ),
-      "multivariate_normal_entropy": (jaxdiv.multivariate_normal_entropy, ref.multivariate_normal_entropy, mvn[1:2]),
+      "multivariate_normal_entropy": (
+          jaxdiv.multivariate_normal_entropy, ref.multivariate_normal_entropy, mvn[1:2]
+      ),
       "gaussian_cross_entropy": (jaxdiv.gaussian_cross_entropy, ref.gaussian_cross_entropy_exact, diag),
       "gaussian_cross_entropy_log_scale": (
           lambda *a: jaxdiv.gaussian_cross_entropy(*a, parameterization="log_scale"),
@@ -103,7 +106,8 @@ def test_derivatives_match_float64_finite_differences(name):
   fn, _, args = FUNCTIONS[name]
   with jax.enable_x64(True):
     x, f = _flat(fn, [jnp.asarray(a[:1]) for a in args])  # one example keeps it fast
-    jtu.check_grads(jax.jit(lambda x: jnp.sum(f(x))), (x,), order=2, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6, eps=1e-6)
+    jtu.check_grads(jax.jit(lambda x: jnp.sum(f(x))), (x,), order=2, modes=("fwd", "rev"),
+                    atol=1e-6, rtol=1e-6, eps=1e-6)
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -130,7 +134,8 @@ def test_target_broadcasts_against_a_batch_of_posteriors():
   mean, log_var = _f32(rng.normal(size=(5, 3)), rng.normal(size=(5, 3)))
   prior_mean, prior_log_var = _f32(rng.normal(size=3), rng.normal(size=3))
   got = jaxdiv.gaussian_kl_divergence(mean, log_var, prior_mean, prior_log_var)
-  want = jax.vmap(lambda m, lv: jaxdiv.gaussian_kl_divergence(m, lv, prior_mean, prior_log_var))(mean, log_var)
+  against_prior = lambda m, lv: jaxdiv.gaussian_kl_divergence(m, lv, prior_mean, prior_log_var)
+  want = jax.vmap(against_prior)(mean, log_var)
   np.testing.assert_array_equal(got, want)
 
 
@@ -145,7 +150,8 @@ def test_standard_normal_kl_is_the_general_kl_against_zeros():
   mean, log_var = _f32(*_diag_args(np.random.default_rng(4))[:2])
   zeros = jnp.zeros_like(mean)
   np.testing.assert_array_equal(
-      jaxdiv.standard_normal_kl_divergence(mean, log_var), jaxdiv.gaussian_kl_divergence(mean, log_var, zeros, zeros)
+      jaxdiv.standard_normal_kl_divergence(mean, log_var),
+      jaxdiv.gaussian_kl_divergence(mean, log_var, zeros, zeros),
   )
 
 
@@ -197,8 +203,10 @@ def test_nearly_equal_diagonal_gaussians_keep_float32_relative_accuracy(paramete
     s1, s2 = 2 * s1, 2 * s2  # exact in float32
   got = jaxdiv.gaussian_kl_divergence(m1, s1, m2, s2, parameterization=parameterization, axis=None)
   # exp in float64: its 1e-16 rounding moves the KL by ~1e-22, far below 1e-5 of 1e-12.
-  tril = lambda s: np.exp(np.float64(s) if parameterization == "log_scale" else np.float64(s) / 2).reshape(1, 1)
-  want = np.array([ref.multivariate_normal_kl_exact([a], tril(b), [c], tril(d)) for a, b, c, d in zip(m1, s1, m2, s2)])
+  log_scale = lambda s: np.float64(s) if parameterization == "log_scale" else np.float64(s) / 2
+  tril = lambda s: np.exp(log_scale(s)).reshape(1, 1)
+  want = np.array([ref.multivariate_normal_kl_exact([a], tril(b), [c], tril(d))
+                   for a, b, c, d in zip(m1, s1, m2, s2)])
   assert np.all(want > 0) and np.max(want) < 1e-10
   rel = np.abs(np.asarray(got, np.float64) - want) / want
   assert np.max(rel) < 1e-5, np.max(rel)
@@ -241,7 +249,8 @@ def test_log_variances_from_minus_80_to_80_are_finite_with_finite_derivatives():
   assert np.all(np.isfinite(np.asarray(kl)[keep]))
   assert not np.any(np.isnan(np.asarray(kl)))
   a, b = lv1[keep], lv2[keep]
-  grads = jax.jit(jax.grad(lambda a, b: jnp.sum(jaxdiv.gaussian_kl_divergence(0 * a, a, 0 * b, b)), argnums=(0, 1)))(a, b)
+  total = lambda a, b: jnp.sum(jaxdiv.gaussian_kl_divergence(0 * a, a, 0 * b, b))
+  grads = jax.jit(jax.grad(total, argnums=(0, 1)))(a, b)
   assert all(np.all(np.isfinite(np.asarray(g))) for g in grads)
 
 
@@ -338,8 +347,9 @@ def test_bad_axis_raises_value_error():
 
 
 def test_mismatched_scale_tril_raises_value_error_with_both_shapes():
-  with pytest.raises(ValueError, match=r"target_scale_tril must have shape \[..., dim, dim\].*got target_mean \[3\] "
-                                       r"and target_scale_tril \[2, 2\]"):
+  with pytest.raises(ValueError,
+                     match=r"target_scale_tril must have shape \[..., dim, dim\].*got target_mean \[3\] "
+                           r"and target_scale_tril \[2, 2\]"):
     jaxdiv.multivariate_normal_kl_divergence(jnp.zeros(3), jnp.eye(3), jnp.zeros(3), jnp.eye(2))
 
 
@@ -377,19 +387,20 @@ def _f64_cases():
       ("gaussian_kl_near_equal", kl, ref.gaussian_kl_exact, near, {}, F64_NEAR_RTOL),
       ("standard_normal_kl", lambda m, s, *_: jaxdiv.standard_normal_kl_divergence(m, s),
        lambda m, s, *_: ref.gaussian_kl_exact(m, s, 0 * m, 0 * s), small, {}, F64_RTOL),
-      ("gaussian_cross_entropy", ce, ref.gaussian_cross_entropy_exact, [d + 2 for d in diag[:2]] + diag[2:], {},
-       F64_RTOL),
-      ("gaussian_cross_entropy_log_scale", ce, ref.gaussian_cross_entropy_exact, diag, log_scale, F64_RTOL),
-      ("gaussian_entropy", lambda s, *_: jaxdiv.gaussian_entropy(s), lambda s, *_: ref.gaussian_entropy_exact(s),
-       [diag[1] + 3], {}, F64_RTOL),
-      ("multivariate_normal_kl", jaxdiv.multivariate_normal_kl_divergence, lambda *a: ref.mvn_exact("kl", *a), mvn,
+      ("gaussian_cross_entropy", ce, ref.gaussian_cross_entropy_exact, [d + 2 for d in diag[:2]] + diag[2:],
        {}, F64_RTOL),
+      ("gaussian_cross_entropy_log_scale", ce, ref.gaussian_cross_entropy_exact, diag, log_scale, F64_RTOL),
+      ("gaussian_entropy", lambda s, *_: jaxdiv.gaussian_entropy(s),
+       lambda s, *_: ref.gaussian_entropy_exact(s), [diag[1] + 3], {}, F64_RTOL),
+      ("multivariate_normal_kl", jaxdiv.multivariate_normal_kl_divergence,
+       lambda *a: ref.mvn_exact("kl", *a), mvn, {}, F64_RTOL),
       ("multivariate_normal_kl_near_equal", jaxdiv.multivariate_normal_kl_divergence,
        lambda *a: ref.mvn_exact("kl", *a), near_mvn, {}, F64_NEAR_RTOL),
       ("multivariate_normal_cross_entropy", jaxdiv.multivariate_normal_cross_entropy,
        lambda *a: ref.mvn_exact("cross_entropy", *a), [mvn[0], 3 * mvn[1], mvn[2], mvn[3]], {}, F64_RTOL),
-      ("multivariate_normal_entropy", lambda l, *_: jaxdiv.multivariate_normal_entropy(l),
-       lambda l, *_: ref.mvn_exact("entropy", np.zeros(l.shape[:-1]), l), [3 * mvn[1]], {}, F64_RTOL),
+      ("multivariate_normal_entropy", lambda tril, *_: jaxdiv.multivariate_normal_entropy(tril),
+       lambda tril, *_: ref.mvn_exact("entropy", np.zeros(tril.shape[:-1]), tril), [3 * mvn[1]], {},
+       F64_RTOL),
   ]
 
 
@@ -403,7 +414,8 @@ def test_float64_matches_40_digit_arithmetic(name):
   with jax.enable_x64(True):
     got = fn(*[jnp.asarray(a) for a in args], **kwargs)
     assert got.dtype == jnp.float64
-  if "entropy" in name:  # away from the (differential) entropy's zero crossing: inputs shifted to keep |H| > 0.1
+  # Away from the (differential) entropy's zero crossing: inputs shifted to keep |H| > 0.1.
+  if "entropy" in name:
     assert np.min(np.abs(want)) > 0.1
   rel = np.abs(np.asarray(got) - want) / np.abs(want)
   assert np.max(rel) < rtol, np.max(rel)

@@ -93,7 +93,8 @@ def test_masked_vocabulary_with_label_smoothing_stays_finite(smoothing):
   f = lambda a: jaxdiv.cross_entropy(a, y, where=where, label_smoothing=0.2, smoothing=smoothing)
   loss = f(z)
   np.testing.assert_allclose(np.asarray(loss), ref.cross_entropy_options(
-      np.asarray(z), np.asarray(y), where=np.asarray(where), label_smoothing=0.2, smoothing=smoothing), rtol=1e-6)
+      np.asarray(z), np.asarray(y), where=np.asarray(where), label_smoothing=0.2, smoothing=smoothing),
+      rtol=1e-6)
   grad = jax.grad(lambda a: jnp.sum(f(a)))(z)
   assert np.all(np.isfinite(np.asarray(loss))) and np.all(np.isfinite(np.asarray(grad)))
   assert float(grad[0, 1]) == 0.0 and float(grad[1, 2]) == 0.0
@@ -108,8 +109,8 @@ def test_label_smoothing_equals_soft_cross_entropy_on_the_dense_smoothed_target(
   y = rng.integers(0, 6, size=4)
   for smoothing in ("uniform", "t5x"):
     dense = ref.smoothed_targets(y, np.ones_like(z, bool), 0.25, smoothing).astype(np.float32)
-    np.testing.assert_allclose(np.asarray(jaxdiv.cross_entropy(z, y, label_smoothing=0.25, smoothing=smoothing)),
-                               np.asarray(jaxdiv.soft_cross_entropy(z, dense)), rtol=2e-6)
+    got = jaxdiv.cross_entropy(z, y, label_smoothing=0.25, smoothing=smoothing)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(jaxdiv.soft_cross_entropy(z, dense)), rtol=2e-6)
   uniform = np.full_like(z, 1 / 6) * 0.25 + 0.75 * np.eye(6, dtype=np.float32)[y]
   np.testing.assert_allclose(np.asarray(jaxdiv.soft_cross_entropy(z, np.eye(6, dtype=np.float32)[y],
                                                                   label_smoothing=0.25)),
@@ -119,8 +120,8 @@ def test_label_smoothing_equals_soft_cross_entropy_on_the_dense_smoothed_target(
 def test_t5x_normalized_loss_is_zero_at_the_smoothed_target():
   eps, y = 0.1, np.array([2])
   target = ref.smoothed_targets(y, np.ones((1, 5), bool), eps, "t5x")
-  loss = jaxdiv.cross_entropy(jnp.log(jnp.asarray(target, jnp.float32)), y, label_smoothing=eps, smoothing="t5x",
-                              t5x_normalize=True)
+  loss = jaxdiv.cross_entropy(jnp.log(jnp.asarray(target, jnp.float32)), y, label_smoothing=eps,
+                              smoothing="t5x", t5x_normalize=True)
   assert abs(float(loss[0])) < 1e-6
 
 
@@ -134,7 +135,8 @@ def test_z_loss_is_reported_and_aux_matches_reference():
     np.testing.assert_allclose(np.asarray(loss), want, rtol=2e-6, atol=1e-6)
     assert sorted(aux) == ["accuracy", "entropy", "logsumexp", "z_loss"]
     for k in aux:
-      np.testing.assert_allclose(np.asarray(aux[k]), want_aux[k], rtol=2e-6, atol=1e-6, err_msg=f"{reduction} {k}")
+      np.testing.assert_allclose(np.asarray(aux[k]), want_aux[k], rtol=2e-6, atol=1e-6,
+                                 err_msg=f"{reduction} {k}")
     no_z = jaxdiv.cross_entropy(z, y, reduction=reduction, **(kw | {"z_loss": 0.0}))
     np.testing.assert_allclose(np.asarray(loss - aux["z_loss"]), np.asarray(no_z), rtol=1e-6, atol=1e-6)
 
@@ -172,8 +174,8 @@ GRAD_OPTIONS = {
     "soft_cap": {"soft_cap": 2.0},
     "ignore_mean": {"ignore_index": -100, "reduction": "mean"},
     "where_batchmean": {"where": np.array([True, True, False, True]), "reduction": "batchmean"},
-    "all": {"label_smoothing": 0.1, "z_loss": 0.01, "soft_cap": 3.0, "ignore_index": -100, "reduction": "mean",
-            "where": np.array([[True], [True], [False]])},
+    "all": {"label_smoothing": 0.1, "z_loss": 0.01, "soft_cap": 3.0, "ignore_index": -100,
+            "reduction": "mean", "where": np.array([[True], [True], [False]])},
 }
 
 
@@ -191,8 +193,8 @@ def test_gradients_of_each_option_match_float64_finite_differences(option):
     jtu.check_grads(jax.jit(f), (z, w), order=order, modes=("fwd", "rev"), atol=1e-6, rtol=1e-6, eps=1e-6)
     soft = lambda a, t: jnp.sum(jaxdiv.soft_cross_entropy_with_log_targets(
         a, t, **{k: v for k, v in kw.items() if k in ("label_smoothing", "z_loss", "soft_cap", "where")}))
-    jtu.check_grads(jax.jit(soft), (z, jnp.asarray(rng.normal(size=(3, 4)))), order=1, modes=("rev",), atol=1e-6,
-                    rtol=1e-6, eps=1e-6)
+    jtu.check_grads(jax.jit(soft), (z, jnp.asarray(rng.normal(size=(3, 4)))), order=1, modes=("rev",),
+                    atol=1e-6, rtol=1e-6, eps=1e-6)
 
 
 def test_option_errors_name_the_argument():

@@ -23,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-import reference as ref
 from jax import test_util  # noqa: F401  (jax.test_util.check_grads)
 
 import jaxdiv
+import reference as ref
 from jaxdiv import optax as dropin
 
 NEG_INF = -np.inf
@@ -142,7 +142,8 @@ def test_module_exports_exactly_the_dropins_and_optax_stays_optax():
 
 def test_deprecated_alias_warns_as_optax_and_gives_the_same_values():
   log_q, p = jnp.log(jnp.array([0.2, 0.3, 0.5])), jnp.array([0.1, 0.6, 0.3])
-  with pytest.warns(DeprecationWarning, match="convex_kl_divergence is deprecated. Please use generalized_kl"):
+  with pytest.warns(DeprecationWarning,
+                    match="convex_kl_divergence is deprecated. Please use generalized_kl"):
     got = dropin.convex_kl_divergence(log_q, p)
   with pytest.warns(DeprecationWarning):
     want = optax.losses.convex_kl_divergence(log_q, p)
@@ -263,7 +264,8 @@ def test_errors_name_optax_arguments():
     dropin.softmax_cross_entropy_with_integer_labels(jnp.zeros((2, 3)), jnp.zeros(2))
   with pytest.raises(ValueError, match="labels must be broadcastable to the logits shape"):
     dropin.softmax_cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2, 4)))
-  with pytest.raises(ValueError, match=r"where must have the logits' shape \[2, 3, 4\] .* batch shape \[2, 3\]; got \[5\]"):
+  with pytest.raises(ValueError, match=r"where must have the logits' shape \[2, 3, 4\] "
+                                       r".* batch shape \[2, 3\]; got \[5\]"):
     dropin.softmax_cross_entropy(jnp.zeros((2, 3, 4)), jnp.zeros((2, 3, 4)), where=jnp.ones(5, bool))
   with pytest.raises(ValueError, match=r"where must be broadcastable to the logits shape \[2, 3\]"):
     dropin.kl_divergence(jnp.zeros((2, 3)), jnp.zeros((2, 3)), where=jnp.ones(2, bool))
@@ -339,7 +341,8 @@ def test_kl_divergence_gradient_at_zero_target_is_finite():
   _assert_finite(value, g_log_q, g_p)
 
 
-@pytest.mark.parametrize("name", ["kl_divergence", "kl_divergence_with_log_targets", "generalized_kl_divergence"])
+@pytest.mark.parametrize("name", ["kl_divergence", "kl_divergence_with_log_targets",
+                                  "generalized_kl_divergence"])
 def test_kl_nan_in_an_unmasked_entry_gives_nan_and_a_masked_one_never_leaks(name):
   log_q = jnp.log(jnp.array([[0.5, 0.25, 0.25]]))
   p = jnp.array([[0.5, 0.0, 0.5]])
@@ -448,7 +451,8 @@ def test_unnormalised_inputs_give_optax_formula():
 
 
 @pytest.mark.parametrize("batch", [4, 6], ids=["B!=V", "B==V"])
-@pytest.mark.parametrize("name", ["kl_divergence", "kl_divergence_with_log_targets", "generalized_kl_divergence"])
+@pytest.mark.parametrize("name", ["kl_divergence", "kl_divergence_with_log_targets",
+                                  "generalized_kl_divergence"])
 def test_kl_class_mask_of_shape_num_classes_drops_classes_as_in_optax(name, batch):
   # optax sums with jnp.sum(..., where=where): a [V] mask broadcasts over rows.
   rng = _rng(name, "class mask", batch)
@@ -482,9 +486,10 @@ def test_integer_labels_negative_and_on_masked_classes_equal_optax():
   assert np.all(np.isfinite(np.asarray(ours(z))))
 
 
-@pytest.mark.parametrize("name", [n for n in DISTINCT if n not in ("smooth_labels", "sigmoid_binary_cross_entropy",
-                                                                   "sigmoid_focal_loss",
-                                                                   "softmax_cross_entropy_with_integer_labels")])
+@pytest.mark.parametrize("name", [n for n in DISTINCT
+                                  if n not in ("smooth_labels", "sigmoid_binary_cross_entropy",
+                                               "sigmoid_focal_loss",
+                                               "softmax_cross_entropy_with_integer_labels")])
 def test_empty_class_axis_gives_optax_empty_sum(name):
   # optax's own test_mask draws a random mask that is all False one time in 32.
   empty = jnp.zeros((2, 0))

@@ -41,7 +41,8 @@ LOSSES = [
      lambda z, t, y, **kw: ref.soft_cross_entropy(z, np.exp(ref.log_softmax(t, **kw)), **kw)),
     ("kl_divergence", lambda z, t, y, **kw: jaxdiv.kl_divergence(z, _softmax(t), **kw),
      lambda z, t, y, **kw: ref.kl_divergence(z, _softmax(t), **kw)),
-    ("kl_divergence_with_log_targets", lambda z, t, y, **kw: jaxdiv.kl_divergence_with_log_targets(z, t, **kw),
+    ("kl_divergence_with_log_targets",
+     lambda z, t, y, **kw: jaxdiv.kl_divergence_with_log_targets(z, t, **kw),
      lambda z, t, y, **kw: ref.kl_divergence_with_log_targets(z, t, **kw)),
     ("reverse_kl_divergence", lambda z, t, y, **kw: jaxdiv.reverse_kl_divergence(z, t, **kw),
      lambda z, t, y, **kw: ref.reverse_kl_divergence(z, t, **kw)),
@@ -97,7 +98,8 @@ def test_all_masked_batch_is_zero_with_zero_gradient_never_nan(name, fn, referen
   z[0, 0] = np.nan  # masked entries may hold anything
   where = np.zeros((4, 1), bool)
   for reduction in ("mean", "batchmean", "sum"):
-    loss, grad = jax.value_and_grad(lambda a: fn(a, t, y, where=where, reduction=reduction))(jnp.asarray(z))
+    loss, grad = jax.value_and_grad(
+        lambda a, reduction=reduction: fn(a, t, y, where=where, reduction=reduction))(jnp.asarray(z))
     assert float(loss) == 0.0
     np.testing.assert_array_equal(np.asarray(grad), 0.0)
   assert float(fn(z, t, y, where=where, reduction="mean", normalizer=0)) == 0.0
@@ -119,7 +121,8 @@ def test_reduce_semantics_and_zero_denominator():
 
 def test_bad_reduction_and_normalizer_raise_with_the_argument_named():
   z = jnp.zeros((2, 3))
-  with pytest.raises(ValueError, match=r"reduction must be one of \['none', 'sum', 'mean', 'batchmean'\]; got 'avg'"):
+  with pytest.raises(ValueError,
+                     match=r"reduction must be one of \['none', 'sum', 'mean', 'batchmean'\]; got 'avg'"):
     jaxdiv.entropy(z, reduction="avg")
   with pytest.raises(ValueError, match="normalizer is only used with reduction='mean' or 'batchmean'"):
     jaxdiv.kl_divergence_with_log_targets(z, z, reduction="sum", normalizer=2)
@@ -148,7 +151,8 @@ def test_micro_batches_with_normalizer_sum_to_the_full_batch(seed, num_chunks):
   chunks = np.array_split(np.arange(batch), num_chunks)
 
   def accumulated(a):
-    return sum(jaxdiv.cross_entropy(a[c], y[c], reduction="mean", normalizer=total_weight, **kw) for c in chunks)
+    return sum(jaxdiv.cross_entropy(a[c], y[c], reduction="mean", normalizer=total_weight, **kw)
+               for c in chunks)
 
   np.testing.assert_allclose(float(accumulated(z)), float(full(z)), rtol=1e-6, atol=1e-7)
   np.testing.assert_allclose(np.asarray(jax.grad(accumulated)(z)), np.asarray(jax.grad(full)(z)), rtol=1e-5,
@@ -166,7 +170,8 @@ def test_micro_batches_of_a_token_mask_sum_to_the_full_batch(seed):
   count = int(rows.sum())
   halves = (slice(0, 3), slice(3, 6))
   for fn in (jaxdiv.kl_divergence_with_log_targets, jaxdiv.kl_estimator):
-    kw = {"where": rows} if fn is jaxdiv.kl_divergence_with_log_targets else {"where": np.broadcast_to(rows, z.shape)}
+    where = rows if fn is jaxdiv.kl_divergence_with_log_targets else np.broadcast_to(rows, z.shape)
+    kw = {"where": where}
     count = int(np.broadcast_to(kw["where"], (6, 4)).any(-1).sum()) if fn is not jaxdiv.kl_estimator else int(
         np.broadcast_to(rows, z.shape).sum())
     full = fn(z, t, reduction="mean", **kw)

@@ -38,13 +38,15 @@ def _batch(seed: int):
 
 
 def _torch(z, y, weights, ignore_index, reduction, smoothing):
-  return ref.torch_cross_entropy(z, y, weight=weights, ignore_index=-100 if ignore_index is None else ignore_index,
+  return ref.torch_cross_entropy(z, y, weight=weights,
+                                 ignore_index=-100 if ignore_index is None else ignore_index,
                                  reduction=reduction, label_smoothing=smoothing)
 
 
 def _jaxdiv(z, y, weights, ignore_index, reduction, smoothing, **extra):
   return jaxdiv.cross_entropy(
-      jnp.asarray(z), jnp.asarray(y), class_weights=None if weights is None else jnp.asarray(weights, jnp.float32),
+      jnp.asarray(z), jnp.asarray(y),
+      class_weights=None if weights is None else jnp.asarray(weights, jnp.float32),
       ignore_index=ignore_index, reduction=reduction, label_smoothing=smoothing, **extra)
 
 
