@@ -7,7 +7,9 @@ respect to ``hidden``, ``weight`` and ``bias`` are formed, block by block:
 
 * the token schedule (:func:`_token_core`, the fast mode): token blocks
   ``[B_t, V]``, each block's loss and gradient formed once in the forward pass,
-  the weight gradient accumulated in a ``[D, V]`` buffer;
+  the weight gradient accumulated in a ``[D, V]`` buffer (under ``shard_map``,
+  a device's own tokens, the buffer summed over the token axis once, after the
+  loop; a vocabulary axis combines each block's row statistics);
 * the vocabulary schedule (:func:`vocab_core`, the low-memory mode and the
   vocab-parallel fused loss): an online logsumexp over vocabulary blocks
   ``[N, B_v]``, statistics combined over a mesh axis if any, the logits
@@ -91,9 +93,17 @@ def _row_slice(x: jax.Array, start, size: int) -> jax.Array:
   return jax.lax.dynamic_slice_in_dim(x, start, size, axis=0)
 
 
-def _varying(spec: Spec, carry):
-  """Initial loop carries marked as varying over the mesh axes the loop body's values vary over."""
-  axes = tuple(a for a in (spec.token_axis, spec.axis_name) if a is not None)
+def _axes(*names) -> tuple:
+  """Mesh axis names, flattened (a token axis may be a tuple of axes; None is no axis)."""
+  return tuple(a for n in names if n is not None for a in (n if isinstance(n, tuple) else (n,)))
+
+
+def _varying(spec: Spec, carry, axes: tuple | None = None):
+  """Initial loop carries marked as varying over the mesh axes the loop body's values vary over.
+
+  ``axes`` defaults to the token and vocabulary axes of ``spec``.
+  """
+  axes = _axes(spec.token_axis, spec.axis_name) if axes is None else axes
   return carry if not axes else jax.tree.map(lambda x: jax.lax.pcast(x, axes, to="varying"), carry)
 
 
@@ -160,13 +170,13 @@ def _token_pass(spec: Spec, h, w, b, aux, coef):
     target = _teacher_block(spec, aux, start, size, cols=False)
     if spec.is_ce:  # the closed-form gradient: one pass over the block, no scatter
       zc, local = _ce_block(spec, z, target, 0, v_size)
-      st = _core.ce_finish(_core.ce_block(spec.ce, zc, local))
+      st = _core.ce_finish(_core.ce_all_reduce(_core.ce_block(spec.ce, zc, local), spec.axis_name))
       lb = jnp.where(_in_range(spec, target), _core.ce_value(spec.ce, st)[:, 0], jnp.nan)
       lse_b = _core.ce_lse(st)[:, 0]
       dz = jnp.where(_in_range(spec, target), cb, 0)[:, None] * _ce_dlogits(spec, zc, local, st)
     else:
       inv_t = 1.0 / spec.temperature
-      row = lambda z: _row_losses.divergence_rows(z * inv_t, target * inv_t, 1, spec.div)
+      row = lambda z: _row_losses.divergence_rows(z * inv_t, target * inv_t, 1, spec.div, spec.axis_name)
       lb, vjp = jax.vjp(row, z)
       (dz,) = vjp(cb)
       lse_b = jnp.zeros_like(lb)
@@ -177,8 +187,13 @@ def _token_pass(spec: Spec, h, w, b, aux, coef):
     return total, loss, lse, dh, dw + _dot(hb, dz, (0, 0)), db + jnp.sum(dz, axis=0)
 
   zeros = functools.partial(jnp.zeros, dtype=dt)
-  carry = (zeros(()), zeros((n,)), zeros((n,)), zeros((n, d)), zeros((d, v_size)), zeros((v_size,)))
+  # Under shard_map the per-token values vary over the token axis only (the vocabulary statistics are
+  # combined within each block); the gradient buffers vary over both until their one psum, after the loop.
+  carry = (*_varying(spec, (zeros(()), zeros((n,)), zeros((n,))), _axes(spec.token_axis)),
+           *_varying(spec, (zeros((n, d)), zeros((d, v_size)), zeros((v_size,)))))
   total, loss, lse, dh, dw, db = _for_blocks(n, spec.block, body, carry)
+  total = _psum(total, spec.token_axis)
+  dh, dw, db = _psum(dh, spec.axis_name), _psum(dw, spec.token_axis), _psum(db, spec.token_axis)
   return (total, loss, lse), (dh, dw, db)
 
 

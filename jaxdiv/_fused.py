@@ -19,7 +19,12 @@ with an online logsumexp, and a custom VJP that forms the gradients w.r.t.
 
 ``mode="auto"`` picks ``"fast"`` when the output is a scalar and the ``[D, V]``
 accumulator is at most half the size of the ``[N, V]`` logits it replaces
-(``N >= 2 D``), else ``"low_memory"``.
+(``N >= 2 D``, ``N`` a device's tokens), else ``"low_memory"``.
+
+Sharded inputs: where the token split is visible (an Explicit mesh, placed
+arrays, ``token_axis``) both schedules run per device under ``shard_map``
+(:func:`jaxdiv._fused_inputs.layout`); under ``jit`` on an Auto mesh ``"auto"``
+picks the vocabulary schedule, which the partitioner splits along the tokens.
 
 The same vocabulary-block core, with collectives, is the vocab-parallel fused
 loss of :mod:`jaxdiv._sharded`.
@@ -42,16 +47,17 @@ from jaxdiv._fused_inputs import (
     Mode,
     Reduction,
     aux_outputs,
-    block_size,
     check_linear,
-    choose_mode,
     class_keep,
     class_mask,
+    layout,
     linear_dtypes,
+    plan,
     prepare_labels,
     run,
     token_weights,
 )
+from jaxdiv._fused_inputs import choose_mode as choose_mode  # the auto rule, tested through this module
 from jaxdiv._kernels import mul_safe
 
 Divergence = _options.Divergence
@@ -81,6 +87,7 @@ def fused_linear_cross_entropy(
     mode: Mode = "auto",
     token_block: int | None = None,
     vocab_block: int | None = None,
+    token_axis: Any = None,
 ) -> jax.Array: ...
 
 
@@ -107,6 +114,7 @@ def fused_linear_cross_entropy(
     mode: Mode = "auto",
     token_block: int | None = None,
     vocab_block: int | None = None,
+    token_axis: Any = None,
 ) -> tuple[jax.Array, jax.Array]: ...
 
 
@@ -133,6 +141,7 @@ def fused_linear_cross_entropy(
     mode: Mode = "auto",
     token_block: int | None = None,
     vocab_block: int | None = None,
+    token_axis: Any = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]: ...
 
 
@@ -158,6 +167,7 @@ def fused_linear_cross_entropy(
     mode: Mode = "auto",
     token_block: int | None = None,
     vocab_block: int | None = None,
+    token_axis: Any = None,
 ) -> Any:
   r"""Cross-entropy of ``softmax(hidden @ weight + bias)`` against ``labels``, without the ``[N, V]`` logits.
 
@@ -216,6 +226,10 @@ def fused_linear_cross_entropy(
       44 MiB of float32 logits per block, at most ``N / 16``).
     vocab_block: classes per block in the low-memory mode (default
       ``2^23 / N``: 32 MiB of float32 logits per block, at most ``V / 16``).
+    token_axis: optional mesh axis name (or tuple of names) that splits the
+      tokens, for ``jit`` on an Auto mesh, where the split is not visible at
+      trace time (see Sharding). Not needed on an Explicit mesh or for placed
+      arrays called eagerly.
 
   Returns:
     The reduced loss (scalar) or the per-token losses (``labels.shape``),
@@ -230,6 +244,20 @@ def fused_linear_cross_entropy(
     computation to float32 rounding (tested to 1e-6 relative). No gradient
     filtering. An out-of-range label that is not ``ignore_index`` gives a NaN
     loss and zero gradient, as :func:`jaxdiv.cross_entropy`.
+
+  Sharding:
+    Data parallelism keeps the tokens where they are. When the split of
+    ``hidden``'s tokens is visible (an Explicit mesh, where it is part of the
+    traced type; placed arrays called eagerly; or ``token_axis``), the
+    schedule runs under ``shard_map``: each device its own tokens, the
+    ``[D, V]`` weight gradient summed over the token axis once, after the
+    loop; a weight split along V on another axis has its row statistics
+    combined over that axis. Nothing is all-gathered, and ``"auto"``
+    applies its rule to a device's tokens. Under ``jit`` on an Auto mesh the
+    mesh is visible but not the split: ``"auto"`` then picks
+    ``"low_memory"``, whose vocabulary loop the partitioner splits along the
+    tokens as it finds them; ``"fast"`` there needs ``token_axis`` (else the
+    partitioner gathers the tokens onto every device).
 
   Transforms:
     ``jit``, ``grad``/``vjp`` and ``vmap`` are supported. The derivative is a
@@ -272,11 +300,11 @@ def fused_linear_cross_entropy(
   if token_mask is not None:  # a masked token's hidden state (NaN included) reaches no value or gradient
     h32 = jnp.where(user_mask[:, None], h32, 0)
   n = h32.shape[0]
-  mode = choose_mode(mode, reduction, n, d)
-  block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
-      "vocab_block", vocab_block, n, vocab)
+  where_ = layout(hidden, weight, n, vocab, token_axis)
+  mode, block = plan(mode, reduction, n, d, vocab, token_block, vocab_block, where_)
   spec = Spec(cfg, "labels", block, vocab)
-  out, _, lse = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, (y,), per_token, active)
+  out, _, lse = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, (y,), per_token, active,
+                    where_[0])
   if return_aux:
     return out, aux_outputs(cfg, lse, reduction, per_token, active, token_shape, normalizer)
   return (out, lse.reshape(token_shape)) if return_lse else out
@@ -305,6 +333,7 @@ def fused_linear_distillation(
     mode: Mode = "auto",
     token_block: int | None = None,
     vocab_block: int | None = None,
+    token_axis: Any = None,
 ) -> jax.Array:
   r"""Distillation divergence between a student ``(hidden, weight)`` and a teacher, without ``[N, V]`` logits.
 
@@ -351,7 +380,8 @@ def fused_linear_distillation(
     reduction: ``"mean"`` (over unmasked tokens; the default), ``"sum"``,
       ``"batchmean"`` or ``"none"``.
     normalizer: optional scalar that ``"mean"``/``"batchmean"`` divide by instead.
-    mode, token_block, vocab_block: as :func:`fused_linear_cross_entropy`.
+    mode, token_block, vocab_block, token_axis: as :func:`fused_linear_cross_entropy`
+      (and so is the sharding: the tokens stay where they are).
 
   Returns:
     The reduced divergence (scalar) or per-token divergences
@@ -441,15 +471,15 @@ def fused_linear_distillation(
   if token_mask is not None:  # a masked token's hidden state (NaN included) reaches no value or gradient
     h32 = jnp.where(mask[:, None], h32, 0)
   n = h32.shape[0]
-  mode = choose_mode(mode, reduction, n, d)
+  where_ = layout(hidden, weight, n, vocab, token_axis)
+  mode, block = plan(mode, reduction, n, d, vocab, token_block, vocab_block, where_)
   if mode == "fast" and teacher_kind == "hidden":
     th_, tw_, tb_ = cast(tuple[jax.Array, jax.Array, jax.Array], aux)
     aux = (th_, tw_.astype(dt), tb_)
-  block = block_size("token_block", token_block, vocab, n) if mode == "fast" else block_size(
-      "vocab_block", vocab_block, n, vocab)
   spec = Spec(DivSpec(kind, beta), teacher_kind, block, vocab, temperature=temp)
   if labels is None:
-    out = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, aux, user_weights, mask)[0]
+    out = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, aux, user_weights, mask,
+              where_[0])[0]
     return temp * temp * out if scale_by_temperature_squared else out
   # Hard labels: both terms reduced over the same tokens with the same denominator, so that
   # α·CE + (1 - α)·D is exactly distillation_loss's per-token mixture, reduced once.
@@ -459,10 +489,12 @@ def fused_linear_distillation(
     weight = user_weights.reshape(token_shape)
     normalizer = jnp.sum(weight) if reduction == "mean" else (weight.shape[0] if weight.ndim else 1)
     reduction = "sum" if reduction == "batchmean" else reduction
-  soft = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, aux, user_weights, mask)[0]
+  soft = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, aux, user_weights, mask,
+             where_[0])[0]
   hard = fused_linear_cross_entropy(
       h32.reshape(*token_shape, d), w, jnp.where(mask.reshape(token_shape), y, 0), bias=b32,
       weights=user_weights.reshape(token_shape), token_mask=mask.reshape(token_shape), reduction=reduction,
-      normalizer=normalizer, mode=mode, token_block=token_block, vocab_block=vocab_block)
+      normalizer=normalizer, mode=mode, token_block=token_block, vocab_block=vocab_block,
+      token_axis=token_axis)
   mix = lambda c, x: mul_safe(jnp.asarray(c, x.dtype), x)  # a zero weight on an infinite term is 0
   return mix(alpha, hard) + mix((1 - alpha) * scale, soft)

@@ -7,10 +7,15 @@ themselves are checked by :mod:`jaxdiv._options`.
 
 from __future__ import annotations
 
-from typing import Literal, cast
+import functools
+import math
+from typing import Any, Literal, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
+from jax.core import Tracer
+from jax.sharding import AbstractMesh, AxisType, Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
 from jaxdiv import _core, _options, _reduction, _rows
@@ -67,7 +72,12 @@ def block_size(name: str, requested: int | None, other: int, total: int) -> int:
   return min(checked, max(total, 1))
 
 
-def choose_mode(mode: str, reduction: str, n: int, d: int) -> Mode:
+def choose_mode(mode: str, reduction: str, n: int, d: int, partitioned: bool = False) -> Mode:
+  """The schedule: ``mode``, or for ``"auto"`` the fast one if the loss is a scalar and ``n >= 2d``.
+
+  ``n`` is a device's tokens. ``partitioned``: the tokens may be split by the partitioner in a way
+  that is not visible here (see :func:`layout`); only the vocabulary schedule keeps such a split.
+  """
   _options.choice("mode", mode, ("auto", "fast", "low_memory"))
   if mode == "fast" and reduction == "none":
     raise ValueError(
@@ -75,18 +85,174 @@ def choose_mode(mode: str, reduction: str, n: int, d: int) -> Mode:
         "'mean', or mode='low_memory' (or 'auto') for per-token losses."
     )
   if mode == "auto":
-    return "fast" if reduction != "none" and n >= 2 * d else "low_memory"
+    return "fast" if reduction != "none" and n >= 2 * d and not partitioned else "low_memory"
   return cast(Mode, mode)
 
 
+# --------------------------------------------------------------------------- #
+# Device layouts: which mesh axes split the tokens and the vocabulary
+# --------------------------------------------------------------------------- #
+
+
+class Layout(NamedTuple):
+  """How a fused loss's inputs lie on a mesh: the axes splitting the tokens and the weight's vocabulary.
+
+  ``tokens`` is a tuple of mesh axis names (empty: tokens replicated); ``vocab`` one axis name or None.
+  """
+
+  mesh: Any  # jax.sharding.Mesh or AbstractMesh
+  tokens: tuple
+  vocab: Any
+
+  def size(self, axes: tuple) -> int:
+    return math.prod(self.mesh.shape[a] for a in axes)
+
+
+def _named_sharding(x) -> NamedSharding | None:
+  """The sharding of ``x`` as far as it is known here: a traced value's type, or a placed array's."""
+  s = jax.typeof(x).sharding if isinstance(x, Tracer) else getattr(x, "sharding", None)
+  return s if isinstance(s, NamedSharding) else None
+
+
+def _spec_axes(entry) -> tuple:
+  return () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
+
+
+def layout(
+    hidden: ArrayLike, weight: ArrayLike, n: int, vocab: int, token_axis: Any = None
+) -> tuple[Layout | None, bool]:
+  """The visible layout of ``hidden [..., D]`` and ``weight [D, V]``; whether a partitioner may split them.
+
+  Visible: an explicit-sharding mesh (the sharding is part of the traced type), a placed
+  (committed, not traced) array's ``NamedSharding``, or ``token_axis`` passed by the caller. Then the
+  fused loss runs under ``shard_map`` over that layout. Under ``jit`` on an Auto mesh the mesh is
+  visible but not the split; the second value is then True (the partitioner decides).
+  """
+  sh, sw = _named_sharding(hidden), _named_sharding(weight)
+  mesh = sh.mesh if sh is not None else (sw.mesh if sw is not None else None)
+  if token_axis is None and (mesh is None or mesh.empty or mesh.size == 1):
+    return None, False
+  if mesh is None or mesh.empty:
+    mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    raise ValueError(f"token_axis={token_axis!r} needs a mesh: place hidden on one (a NamedSharding) or call "
+                     "inside `with jax.set_mesh(mesh)`.")
+  types = dict(zip(mesh.axis_names, mesh.axis_types, strict=True))
+  if any(t == AxisType.Manual for t in types.values()):  # inside shard_map: a device's own arrays
+    return None, False
+  traced = isinstance(hidden, Tracer)
+  known = lambda a: not traced or types[a] == AxisType.Explicit  # an Auto axis's split is not in the type
+
+  def axes_of(s: NamedSharding | None, dim: int, ndim: int) -> tuple:
+    if s is None or s.mesh != mesh:
+      return ()
+    spec = tuple(s.spec) + (None,) * (ndim - len(s.spec))
+    return tuple(a for a in _spec_axes(spec[dim]) if known(a))
+
+  h_ndim = jnp.ndim(hidden)
+  if token_axis is not None:
+    tokens = _spec_axes(token_axis)
+    for a in tokens:
+      if a not in mesh.axis_names:
+        raise ValueError(f"token_axis={token_axis!r}: {a!r} is not an axis of the mesh; its axes are "
+                         f"{list(mesh.axis_names)}.")
+    if n % math.prod(mesh.shape[a] for a in tokens):
+      raise ValueError(f"N = {n} tokens must be divisible by the {math.prod(mesh.shape[a] for a in tokens)} "
+                       f"devices of token_axis={token_axis!r}.")
+  else:
+    # The tokens of [..., D] flatten in order: a split of the leading axis alone is a split of N.
+    tokens = axes_of(sh, 0, h_ndim) if h_ndim >= 2 else ()
+    if any(axes_of(sh, i, h_ndim) for i in range(1, h_ndim - 1)) or n % math.prod(
+        mesh.shape[a] for a in tokens):
+      tokens = ()
+  vocab_axes = axes_of(sw, 1, 2)
+  vocab_axis = vocab_axes[0] if len(vocab_axes) == 1 and vocab_axes[0] not in tokens else None
+  if vocab_axis is not None and vocab % mesh.shape[vocab_axis]:
+    vocab_axis = None
+  explicit = any(t == AxisType.Explicit for t in types.values())
+  if token_axis is None and not explicit and traced:  # an Auto mesh under jit: the partitioner decides
+    return None, True
+  if token_axis is None and not explicit and not tokens and vocab_axis is None:
+    return None, False
+  return Layout(mesh, tokens, vocab_axis), False
+
+
+def plan(mode: str, reduction: str, n: int, d: int, vocab: int, token_block: int | None,
+         vocab_block: int | None, where: tuple[Layout | None, bool]) -> tuple[Mode, int]:
+  """The schedule and its block size for ``n`` tokens and ``vocab`` classes, per device under a layout."""
+  lay, partitioned = where
+  if lay is not None:
+    n, vocab = n // lay.size(lay.tokens), vocab // lay.size(_spec_axes(lay.vocab))
+  mode = choose_mode(mode, reduction, n, d, partitioned)
+  if mode == "fast":
+    return mode, block_size("token_block", token_block, vocab, n)
+  return mode, block_size("vocab_block", vocab_block, n, vocab)
+
+
+@functools.lru_cache(maxsize=128)
+def program(fn, static: tuple, mesh: Mesh | AbstractMesh, in_specs: tuple, out_specs: Any):
+  """``fn(*static, *args)`` under ``shard_map``, and its ``jit``: built once per configuration and mesh.
+
+  Keyed on the module-level ``fn`` and its hashable static configuration (not
+  on a fresh closure), so a repeated eager call reuses the compiled program.
+  """
+  mapped = jax.shard_map(functools.partial(fn, *static), mesh=mesh, in_specs=in_specs, out_specs=out_specs)
+  return mapped, jax.jit(mapped)
+
+
+def on_mesh(fn, static: tuple, mesh, in_specs, out_specs):
+  """``shard_map`` of ``fn(*static, ...)`` that first moves its inputs to the layout ``in_specs`` asks for.
+
+  Inside a trace (``jit``, ``grad``) an Auto mesh lets the partitioner reshard;
+  concrete inputs are placed with ``device_put``, and an Explicit mesh, where
+  sharding is part of the type, uses ``jax.reshard``.
+  """
+  _, compiled = program(fn, static, mesh, tuple(in_specs), out_specs)
+  explicit = any(t == AxisType.Explicit for t in mesh.axis_types)
+
+  def place(a, spec):
+    s = NamedSharding(mesh, spec)
+    if explicit:
+      return jax.reshard(a, s)
+    return a if isinstance(a, Tracer) else jax.device_put(a, s)
+
+  def run(*args):
+    args = [jax.tree.map(place, a, s) for a, s in zip(args, in_specs, strict=True)]
+    # Always the jitted program, cached across calls (see program): eagerly it is compiled once
+    # instead of dispatched op by op on every device (also under an eager grad or vmap); inside an
+    # outer jit it is inlined.
+    return compiled(*args)
+
+  return run
+
+
+def _core_call(spec: Spec, lay: Layout | None, h, w, b, aux, coef=None):
+  """The token schedule (with ``coef``) or the vocabulary schedule, on one device or under ``lay``'s mesh."""
+  fast = coef is not None
+  if lay is None:
+    return _token_core(spec, h, w, b, aux, coef) if fast else vocab_core(spec, h, w, b, aux)
+  tok, voc = lay.tokens or None, lay.vocab
+  aux_specs = {"labels": (P(tok),), "logits": (P(tok, voc),),
+               "hidden": (P(tok, None), P(None, voc), P(voc))}[spec.teacher]
+  spec = spec._replace(token_axis=tok, axis_name=voc)
+  in_specs = (P(tok, None), P(None, voc), P(voc), aux_specs)
+  if fast:
+    return on_mesh(_token_core, (spec,), lay.mesh, (*in_specs, P(tok)), (P(), P(tok), P(tok)))(
+        h, w, b, aux, coef)
+  return on_mesh(vocab_core, (spec,), lay.mesh, in_specs, (P(tok), P(tok)))(h, w, b, aux)
+
+
 def run(
-    spec: Spec, mode: str, reduction: Reduction, normalizer, token_shape, h, w, b, aux, weights, token_mask
+    spec: Spec, mode: str, reduction: Reduction, normalizer, token_shape, h, w, b, aux, weights, token_mask,
+    lay: Layout | None = None,
 ):
   """The reduced loss, the per-token losses (masked, weighted; ``token_shape``) and the per-token logsumexp.
 
   The fast mode needs the coefficient of every token's loss in the reduced
   output before the backward pass; :func:`jaxdiv._reduction.reduce` is linear
-  in the losses, so that coefficient is its gradient, taken once here.
+  in the losses, so that coefficient is its gradient, taken once here. Under a
+  layout ``lay`` the schedule runs under ``shard_map``, a device's own tokens
+  (and classes), with ``spec.block`` a block of them.
   """
 
   def reduce(per_token):
@@ -96,9 +262,9 @@ def run(
   if mode == "fast":
     coef = weights * jax.grad(reduce)(jnp.zeros_like(weights))
     total, loss, lse = cast(tuple[jax.Array, jax.Array, jax.Array],
-                            _token_core(spec, h, w.astype(h.dtype), b, aux, jax.lax.stop_gradient(coef)))
+                            _core_call(spec, lay, h, w.astype(h.dtype), b, aux, jax.lax.stop_gradient(coef)))
     return total, jnp.where(token_mask, weights * loss, 0).reshape(token_shape), jax.lax.stop_gradient(lse)
-  loss, lse = cast(tuple[jax.Array, jax.Array], vocab_core(spec, h, w, b, aux))
+  loss, lse = cast(tuple[jax.Array, jax.Array], _core_call(spec, lay, h, w, b, aux))
   per_token = jnp.where(token_mask, weights * jnp.where(token_mask, loss, 0), 0)
   return reduce(per_token), per_token.reshape(token_shape), jax.lax.stop_gradient(lse)
 

@@ -17,13 +17,11 @@ size of the corresponding mesh axis.
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
-from jax.core import Tracer
-from jax.sharding import AxisType, Mesh, NamedSharding
+from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
@@ -55,39 +53,9 @@ def _check_layout(mesh, vocab_axis, token_axis, n: int, vocab: int) -> None:
       raise ValueError(f"N = {n} tokens must be divisible by the {pt} devices of token_axis={token_axis!r}.")
 
 
-@functools.lru_cache(maxsize=128)
-def _program(fn, static: tuple, mesh: Mesh, in_specs: tuple, out_specs: Any):
-  """``fn(*static, *args)`` under ``shard_map``, and its ``jit``: built once per configuration and mesh.
-
-  Keyed on the module-level ``fn`` and its hashable static configuration (not
-  on a fresh closure), so a repeated eager call reuses the compiled program.
-  """
-  mapped = jax.shard_map(functools.partial(fn, *static), mesh=mesh, in_specs=in_specs, out_specs=out_specs)
-  return mapped, jax.jit(mapped)
-
-
-def _shard_map(fn, static: tuple, mesh, in_specs, out_specs):
-  """``shard_map`` of ``fn(*static, ...)`` that first moves its inputs to the layout ``in_specs`` asks for.
-
-  Inside a trace (``jit``, ``grad``) an Auto mesh lets the partitioner reshard;
-  concrete inputs are placed with ``device_put``, and an Explicit mesh, where
-  sharding is part of the type, uses ``jax.reshard``.
-  """
-  _, compiled = _program(fn, static, mesh, tuple(in_specs), out_specs)
-  explicit = any(t == AxisType.Explicit for t in mesh.axis_types)
-
-  def run(*args):
-    shardings = [NamedSharding(mesh, s) for s in in_specs]
-    if explicit:
-      args = [jax.reshard(a, s) for a, s in zip(args, shardings)]
-    else:
-      args = [a if isinstance(a, Tracer) else jax.device_put(a, s) for a, s in zip(args, shardings)]
-    # Always the jitted program, cached across calls (see _program): eagerly it is compiled once
-    # instead of dispatched op by op on every device (also under an eager grad or vmap); inside an
-    # outer jit it is inlined.
-    return compiled(*args)
-
-  return run
+# One shard_map driver for every sharded loss (cached programs; inputs moved to the layout they need).
+_program = _inputs.program
+_shard_map = _inputs.on_mesh
 
 
 def _two_sided(name, logits, target, target_name, mesh, vocab_axis, token_axis, where=None):
@@ -195,7 +163,8 @@ def vocab_parallel_cross_entropy(
     z = jnp.where(mask, z, jnp.asarray(-jnp.inf, z.dtype))
     rows = jnp.any(mask, axis=1)
     active, weights = active & rows, jnp.where(rows, weights, 0)
-  f = _shard_map(_ce_local, (cfg, vocab_axis), mesh, (P(token_axis, vocab_axis), P(token_axis)), P(token_axis))
+  in_specs = (P(token_axis, vocab_axis), P(token_axis))
+  f = _shard_map(_ce_local, (cfg, vocab_axis), mesh, in_specs, P(token_axis))
   loss = jnp.where(y >= 0, f(z, y), jnp.nan)
   if class_weights is not None:
     loss = _kernels.mul_safe(weights, loss)
@@ -517,7 +486,8 @@ def vocab_parallel_fused_linear_cross_entropy(
   f = _shard_map(_fused_local, (spec,), mesh, in_specs, (tokens, tokens))
   loss, lse = f(h32, w, b32, y)
   per_token_loss = jnp.where(active, per_token * jnp.where(active, loss, 0), 0).reshape(token_shape)
-  out = _reduction.reduce(per_token_loss, reduction, weight=per_token.reshape(token_shape), normalizer=normalizer)
+  out = _reduction.reduce(per_token_loss, reduction, weight=per_token.reshape(token_shape),
+                          normalizer=normalizer)
   if return_aux:
     return out, _inputs.aux_outputs(cfg, lse, reduction, per_token, active, token_shape, normalizer)
   return (out, jax.lax.stop_gradient(lse).reshape(token_shape)) if return_lse else out
