@@ -31,6 +31,8 @@ def main(argv: list[str] | None = None) -> int:
   fused.add_argument(
       "--quick", action="store_true", help="a small shape (27 s of CPU on 2 cores; longer on a busy machine)")
   fused.add_argument("--out", default="bench_results", help="folder for the JSON results and PNG plots")
+  fused.add_argument("--sharded", action="store_true",
+                     help="data parallelism on 8 (simulated) devices: fused losses vs the naive loss")
   demo = sub.add_parser(
       "demo", help="train a digits classifier and distil a student (no downloads), then print accuracies and "
       "the jaxdiv-vs-optax numerics table; needs the demo extra",
@@ -54,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
   if args.command == "bench-fused":
     from jaxdiv.cli import bench_fused
 
-    return bench_fused.main(quick=args.quick, out=args.out)
+    return bench_fused.sharded() if args.sharded else bench_fused.main(quick=args.quick, out=args.out)
   if args.command == "demo":
     from jaxdiv.cli import demo as demo_cli
 
