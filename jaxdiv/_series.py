@@ -42,7 +42,7 @@ _PHI_SWITCH = 1.0
 _PSI_SWITCH = 1.0 / 3.0
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def phi_terms(dtype) -> int:
   """Taylor terms of ``φ(d)/d²`` so that truncation is below ``eps/4`` relative on ``|d| < 1``.
 
@@ -56,7 +56,7 @@ def phi_terms(dtype) -> int:
   return n
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def psi_terms(dtype) -> int:
   """Terms of ``Σ u^{2n}/(2n+3)`` so that truncation is below ``eps/4`` of ``ψ`` for ``|u| ≤ 1/3``.
 
@@ -133,7 +133,10 @@ def _phi_jvp(primals, tangents):
 
 @jax.custom_jvp
 def _expm1(d: jax.Array) -> jax.Array:
-  """``expm1`` whose derivative is ``exp(d)``: jax's is ``expm1(d) + 1``, which loses ``e^d`` for ``d < −17``."""
+  """``expm1`` whose derivative is ``exp(d)``.
+
+  jax's is ``expm1(d) + 1``, which loses ``e^d`` for ``d < −17``.
+  """
   return jnp.expm1(d)
 
 

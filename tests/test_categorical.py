@@ -23,16 +23,19 @@ import jaxdiv
 import reference as ref
 
 PROPERTY = settings(max_examples=40, deadline=None, derandomize=True)
+_NUM_CLASSES = st.integers(2, 9)
+_BATCH = st.integers(1, 3)
 
 
-def _logits(num_classes=st.integers(2, 9), batch=st.integers(1, 3), scale=30.0):
+def _logits(num_classes=_NUM_CLASSES, batch=_BATCH, scale=30.0):
   return st.tuples(batch, num_classes).flatmap(
       lambda shape: hnp.arrays(np.float32, shape, elements=st.floats(-scale, scale, width=32)))
 
 
 def _pair(scale=30.0):
+  elements = st.floats(-scale, scale, width=32)
   return _logits(scale=scale).flatmap(
-      lambda z: st.tuples(st.just(z), hnp.arrays(np.float32, z.shape, elements=st.floats(-scale, scale, width=32))))
+      lambda z: st.tuples(st.just(z), hnp.arrays(np.float32, z.shape, elements=elements)))
 
 
 def _softmax(x):
@@ -150,7 +153,8 @@ def test_tiny_kl_from_log_targets_keeps_1e_4_relative_accuracy():
   assert np.max(np.abs(got / want - 1)) < 1e-4  # measured 1e-5
   got = np.asarray(jaxdiv.reverse_kl_divergence(t, z))
   assert np.max(np.abs(got / want - 1)) < 1e-4
-  naive = np.asarray(optax.losses.kl_divergence_with_log_targets(jax.nn.log_softmax(z), jax.nn.log_softmax(t)))
+  naive = np.asarray(
+      optax.losses.kl_divergence_with_log_targets(jax.nn.log_softmax(z), jax.nn.log_softmax(t)))
   assert np.max(np.abs(naive / want - 1)) > 1.0  # the pointwise form is >100% off
 
 
@@ -180,7 +184,8 @@ def test_low_precision_inputs_give_float32_results_accurate_to_1e_6(dtype):
 
 def test_ties_at_1e30_keep_log_2():
   z = jnp.array([[1e30, 1e30, 0.0], [-1e30, -1e30, -1e30]])
-  np.testing.assert_allclose(jaxdiv.cross_entropy(z, jnp.array([0, 2])), [math.log(2), math.log(3)], rtol=1e-7)
+  np.testing.assert_allclose(jaxdiv.cross_entropy(z, jnp.array([0, 2])), [math.log(2), math.log(3)],
+                             rtol=1e-7)
   np.testing.assert_allclose(jaxdiv.entropy(z), [math.log(2), math.log(3)], rtol=1e-7)
 
 
@@ -195,9 +200,11 @@ def test_nan_in_masked_classes_reaches_neither_value_nor_gradient():
   z = jnp.array([[1.0, jnp.nan, 2.0, jnp.inf]])
   t = jnp.array([[0.5, jnp.nan, 1.0, -jnp.inf]])
   where = jnp.array([[True, False, True, False]])
-  for f, target in [(jaxdiv.soft_cross_entropy_with_log_targets, t), (jaxdiv.kl_divergence_with_log_targets, t),
-                    (jaxdiv.jensen_shannon_divergence, t), (jaxdiv.cross_entropy, jnp.array([2]))]:
-    value, grad = jax.value_and_grad(lambda a: f(a, target, where=where).sum())(z)
+  for f, target in [(jaxdiv.soft_cross_entropy_with_log_targets, t),
+                    (jaxdiv.kl_divergence_with_log_targets, t),
+                    (jaxdiv.jensen_shannon_divergence, t),
+                    (jaxdiv.cross_entropy, jnp.array([2]))]:
+    value, grad = jax.value_and_grad(lambda a, f=f, target=target: f(a, target, where=where).sum())(z)
     assert np.isfinite(value)
     np.testing.assert_array_equal(np.asarray(grad)[0, [1, 3]], 0.0)
     assert np.all(np.isfinite(grad))
@@ -227,7 +234,8 @@ def test_out_of_range_label_gives_nan_loss_and_zero_gradient_never_another_class
 
 
 def test_labels_must_be_integers_with_a_hint_for_probabilities():
-  with pytest.raises(TypeError, match="labels must be an integer array of class indices; got float32.*soft_cross"):
+  with pytest.raises(TypeError,
+                     match="labels must be an integer array of class indices; got float32.*soft_cross"):
     jaxdiv.cross_entropy(jnp.zeros((2, 3)), jnp.zeros((2,)))
 
 

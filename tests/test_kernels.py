@@ -55,7 +55,8 @@ def test_log_mix_of_two_zero_probabilities_is_minus_inf_with_zero_derivatives():
   lp, lq = jnp.array([NEG_INF, 0.0, -1.0]), jnp.array([NEG_INF, NEG_INF, -2.0])
   out = _kernels.log_mix(lp, lq, 0.25)
   with np.errstate(divide="ignore"):
-    want = np.log(0.25 * np.exp(np.array([-np.inf, 0.0, -1.0])) + 0.75 * np.exp(np.array([-np.inf, -np.inf, -2.0])))
+    p, q = np.exp(np.array([-np.inf, 0.0, -1.0])), np.exp(np.array([-np.inf, -np.inf, -2.0]))
+    want = np.log(0.25 * p + 0.75 * q)
   np.testing.assert_allclose(out, want, rtol=1e-7)
   f = lambda a, b: jnp.sum(jnp.exp(_kernels.log_mix(a, b, 0.25)))
   ga, gb = jax.grad(f, (0, 1))(lp, lq)

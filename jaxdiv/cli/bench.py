@@ -189,8 +189,8 @@ def measure_case(
   medians = {name: statistics.median(s) * 1e3 for name, s in samples.items()}
   baseline = names[1]
   return [
-      Row(loss, mode, (shape[0], shape[1]), dtype, name, medians[name], medians[name] / medians[baseline], temp[name],
-          baseline)
+      Row(loss, mode, (shape[0], shape[1]), dtype, name, medians[name], medians[name] / medians[baseline],
+          temp[name], baseline)
       for name in names
   ]
 
