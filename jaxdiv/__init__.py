@@ -30,10 +30,12 @@ from jaxdiv._gaussian import (
     gaussian_cross_entropy,
     gaussian_entropy,
     gaussian_kl_divergence,
+    standard_normal_kl_divergence,
+)
+from jaxdiv._mvn import (
     multivariate_normal_cross_entropy,
     multivariate_normal_entropy,
     multivariate_normal_kl_divergence,
-    standard_normal_kl_divergence,
 )
 from jaxdiv._rl import kl_estimator
 from jaxdiv._sharded import (

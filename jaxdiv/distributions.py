@@ -54,7 +54,7 @@ from typing import Any, NamedTuple, TypeVar
 import jax
 import jax.numpy as jnp
 
-from jaxdiv import _binary, _categorical, _divergences, _gaussian
+from jaxdiv import _binary, _categorical, _divergences, _gaussian, _mvn
 
 KLFn = Callable[[Any, Any], jax.Array]
 EntropyFn = Callable[[Any], jax.Array]
@@ -374,7 +374,7 @@ def _standardized(loc, scale, target_loc, target_scale):
   """
   loc, scale, target_loc, target_scale = jnp.broadcast_arrays(loc, scale, target_loc, target_scale)
   a, b = jnp.abs(scale), jnp.abs(target_scale)
-  return (loc - target_loc) / b, _gaussian._log_ratio(a, b), jnp.log(b)
+  return (loc - target_loc) / b, _mvn.log_ratio(a, b), jnp.log(b)
 
 
 def _diagonal_kl(loc, scale, target_loc, target_scale, axis):
@@ -420,14 +420,14 @@ def _entropy_normal(p: _Normal) -> jax.Array:
 def _kl_mvn(p: _MultivariateNormal, q: _MultivariateNormal) -> jax.Array:
   if p.scale_diag is not None and q.scale_diag is not None:
     return _diagonal_kl(p.loc, p.scale_diag, q.loc, q.scale_diag, axis=-1)
-  return _gaussian.multivariate_normal_kl_divergence(p.loc, p.tril(), q.loc, q.tril())
+  return _mvn.multivariate_normal_kl_divergence(p.loc, p.tril(), q.loc, q.tril())
 
 
 @register_cross_entropy(_MultivariateNormal, _MultivariateNormal)
 def _cross_entropy_mvn(p: _MultivariateNormal, q: _MultivariateNormal) -> jax.Array:
   if p.scale_diag is not None and q.scale_diag is not None:
     return _diagonal_cross_entropy(p.loc, p.scale_diag, q.loc, q.scale_diag, axis=-1)
-  return _gaussian.multivariate_normal_cross_entropy(p.loc, p.tril(), q.loc, q.tril())
+  return _mvn.multivariate_normal_cross_entropy(p.loc, p.tril(), q.loc, q.tril())
 
 
 @register_entropy(_MultivariateNormal)
@@ -435,7 +435,7 @@ def _entropy_mvn(p: _MultivariateNormal) -> jax.Array:
   if p.scale_diag is not None:
     h = _gaussian.gaussian_entropy(jnp.log(jnp.abs(p.scale_diag)), parameterization="log_scale", axis=-1)
   else:
-    h = _gaussian.multivariate_normal_entropy(p.tril())
+    h = _mvn.multivariate_normal_entropy(p.tril())
   return jnp.broadcast_to(h, p.batch_shape())
 
 

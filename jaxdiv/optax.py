@@ -67,19 +67,21 @@ This module is reachable only as ``jaxdiv.optax``: imports are absolute, so
 
 from __future__ import annotations
 
-import functools
-import math
-import warnings
-
 import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 import jaxdiv
-from jaxdiv import _core, _kernels
+from jaxdiv import _kernels
+from jaxdiv import _optax_conventions as conv
 from jaxdiv import _validation as v
-
-Axis = int | tuple[int, ...] | None
+from jaxdiv._optax_conventions import Axis
+from jaxdiv._optax_kl import (
+    convex_kl_divergence,
+    generalized_kl_divergence,
+    kl_divergence,
+    kl_divergence_with_log_targets,
+)
 
 __all__ = [
     "convex_kl_divergence",
@@ -94,91 +96,6 @@ __all__ = [
     "softmax_cross_entropy",
     "softmax_cross_entropy_with_integer_labels",
 ]
-
-
-# --------------------------------------------------------------------------- #
-# optax's conventions → jaxdiv's
-# --------------------------------------------------------------------------- #
-
-
-def _class_axes(axis: Axis, ndim: int) -> tuple[int, ...]:
-  """optax's ``axis`` (int, tuple or None = all axes) as sorted-as-given non-negative ints."""
-  if axis is None:
-    return tuple(range(ndim))
-  if isinstance(axis, int) and not isinstance(axis, bool):
-    return (v.class_axis(axis, ndim),)
-  if isinstance(axis, tuple) and axis:
-    return v.reduce_axes(axis, ndim)
-  raise TypeError(f"axis must be an int, a non-empty tuple of ints or None; got {axis!r}.")
-
-
-def _where(where: ArrayLike | None, shape: tuple[int, ...], axes: tuple[int, ...]) -> jax.Array | None:
-  """optax's cross-entropy ``where``: of the logits' rank, or of another rank expanded at ``axes``.
-
-  So a ``[batch]`` mask drops whole rows. (optax's KL functions broadcast
-  ``where`` NumPy-style instead: :func:`_elementwise_where`.)
-  """
-  if where is None:
-    return None
-  w = jnp.asarray(where)
-  if w.ndim != len(shape):
-    if w.ndim + len(axes) != len(shape):
-      raise ValueError(
-          f"where must have the logits' shape {list(shape)} (or broadcast to it) or the batch shape "
-          f"{[n for a, n in enumerate(shape) if a not in axes]}; got {list(w.shape)}."
-      )
-    w = jnp.expand_dims(w, axes)
-  return v.mask(w, shape)
-
-
-def _elementwise_where(where: ArrayLike | None, shape: tuple[int, ...]) -> jax.Array | None:
-  """optax's KL ``where``, as in ``jnp.sum(terms, axis, where=where)``: broadcast NumPy-style."""
-  return v.mask(where, shape)
-
-
-def _num_classes(shape: tuple[int, ...], axes: tuple[int, ...]) -> int:
-  return math.prod(shape[a] for a in axes)
-
-
-def _empty_rows(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  """optax's value over an empty class axis: an empty sum, 0 per example."""
-  batch = tuple(n for a, n in enumerate(x.shape) if a not in axes)
-  return jnp.zeros(batch, v.to_compute(x)[0].dtype)
-
-
-def _rows(x: jax.Array, axes: tuple[int, ...]) -> jax.Array:
-  """``x`` with the class axes moved last (in the order given) and flattened into one."""
-  if axes == (x.ndim - 1,):
-    return x
-  batch = tuple(a for a in range(x.ndim) if a not in axes)
-  x = jnp.transpose(x, batch + axes)
-  return x.reshape(x.shape[: len(batch)] + (-1,))
-
-
-def _broadcast(name: str, value: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-  try:
-    return jnp.broadcast_to(value, shape)
-  except ValueError as e:
-    raise ValueError(
-        f"{name} must be broadcastable to the logits shape {list(shape)}; got {list(value.shape)}."
-    ) from e
-
-
-def _categorical(logits, target, axis, where, *, names=("logits", "labels"), broadcast=True):
-  """(logits, target, mask) with the class axes flattened last, validated under optax's names.
-
-  ``broadcast``: labels may broadcast to the logits (the cross-entropies; integer
-  or bool one-hot labels are cast to float); otherwise they must match exactly.
-  """
-  x = v.as_floating(names[0], logits)
-  if broadcast:
-    t = _broadcast(names[1], v.as_probabilities(names[1], target), x.shape)
-  else:
-    t = v.as_floating(names[1], target)
-    v.same_shape(names[1], t, names[0], x)
-  axes = _class_axes(axis, x.ndim)
-  mask = _where(where, x.shape, axes)
-  return _rows(x, axes), _rows(t, axes), None if mask is None else _rows(mask, axes)
 
 
 # --------------------------------------------------------------------------- #
@@ -222,9 +139,9 @@ def softmax_cross_entropy(
     >>> losses.softmax_cross_entropy(jnp.array([0.0, -jnp.inf]), jnp.array([1.0, 0.0]))
     Array(0., dtype=float32)
   """
-  x, y, mask = _categorical(logits, labels, axis, where)
+  x, y, mask = conv.categorical(logits, labels, axis, where)
   if x.shape[-1] == 0:
-    return _empty_rows(x, (x.ndim - 1,))
+    return conv.empty_rows(x, (x.ndim - 1,))
   return jaxdiv.soft_cross_entropy(x, y, axis=-1, where=mask)
 
 
@@ -290,16 +207,16 @@ def softmax_cross_entropy_with_integer_labels(
     raise TypeError("axis must be an int or a tuple of ints, as in optax; got None.")
   x = v.as_floating("logits", logits)
   y = v.as_integer("labels", labels, "For probability labels use softmax_cross_entropy.")
-  axes = _class_axes(axis, x.ndim)
-  mask = _where(where, x.shape, axes)
-  x = _rows(x, axes)
+  axes = conv.class_axes(axis, x.ndim)
+  mask = conv.class_where(where, x.shape, axes)
+  x = conv.rows(x, axes)
   k = x.shape[-1]
   if jnp.issubdtype(y.dtype, jnp.signedinteger):  # optax indexes NumPy-style: -1 is the last class
     y = y.astype(y.dtype if y.dtype.itemsize >= 4 else jnp.int32)  # y + k must not wrap in int8
     y = jnp.where((y < 0) & (y >= -k), y + k, y)
   if mask is None:
     return jaxdiv.cross_entropy(x, y, axis=-1)
-  mask = _rows(mask, axes)
+  mask = conv.rows(mask, axes)
   # optax: logsumexp over the kept classes minus the label's logit, kept or not.
   # jaxdiv.cross_entropy gives +inf for a label on a masked class (it has
   # probability 0), so such rows take the label of their largest kept logit,
@@ -351,9 +268,9 @@ def poly_loss_cross_entropy(
     >>> losses.poly_loss_cross_entropy(jnp.array([0.0, 0.0]), jnp.array([1.0, 0.0]))
     Array(1.6931472, dtype=float32)
   """
-  x, y, mask = _categorical(logits, labels, axis, where)
+  x, y, mask = conv.categorical(logits, labels, axis, where)
   if x.shape[-1] == 0:
-    return _empty_rows(x, (x.ndim - 1,))
+    return conv.empty_rows(x, (x.ndim - 1,))
   ce = jaxdiv.soft_cross_entropy(x, y, axis=-1, where=mask)
   x, y = v.to_compute(x, y)
   if mask is not None:
@@ -391,217 +308,15 @@ def smooth_labels(
     Array([0.05, 0.85, 0.05, 0.05], dtype=float32)
   """
   y = v.as_floating("labels", labels)
-  axes = _class_axes(axis, y.ndim)
+  axes = conv.class_axes(axis, y.ndim)
   a = jnp.asarray(alpha).astype(y.dtype)
   if where is None:
-    num = jnp.asarray(_num_classes(y.shape, axes), y.dtype)
+    num = jnp.asarray(conv.num_classes(y.shape, axes), y.dtype)
   else:
-    mask = _elementwise_where(where, y.shape)
+    mask = conv.elementwise_where(where, y.shape)
     assert mask is not None
     num = jnp.sum(mask, axis=axes, keepdims=True).astype(y.dtype)
   return (1 - a) * y + a / num
-
-
-# --------------------------------------------------------------------------- #
-# KL divergences: optax's sums, NaN-safe
-# --------------------------------------------------------------------------- #
-
-
-def _expm1_minus(d: jax.Array) -> jax.Array:
-  """``e^d - 1 - d`` to full relative precision: a Taylor series for ``|d| < 1/2``.
-
-  ``expm1(d) - d`` itself cancels to ~1e-3 relative at ``|d| = 1e-4``; the
-  series to ``d^17/17!`` truncates below 1e-17 relative there, and beyond
-  ``|d| = 1/2`` the direct form loses at most a factor 9.
-  """
-  near = jnp.abs(d) < 0.5
-  dn = jnp.where(near, d, 0)
-  series = jnp.full_like(dn, 1 / math.factorial(17))
-  for k in range(16, 1, -1):
-    series = 1 / math.factorial(k) + dn * series
-  df = jnp.where(near | (d == jnp.inf), 1, d)
-  far = jnp.where(d == jnp.inf, jnp.inf, jnp.expm1(df) - df)
-  return jnp.where(near, dn * dn * series, far)
-
-
-def _kl_inputs(log_predictions, target, axis, where, target_name, neutral):
-  """(log_predictions, target, axes, mask), broadcast together, in the compute dtype.
-
-  Masked entries are replaced by (0, ``neutral``) *before* any arithmetic, so
-  NaN or inf there reaches neither values nor gradients.
-  """
-  x = v.as_floating("log_predictions", log_predictions)
-  t = v.as_floating(target_name, target)
-  try:
-    shape = jnp.broadcast_shapes(x.shape, t.shape)
-  except ValueError as e:
-    raise ValueError(
-        f"{target_name} must have the same shape as log_predictions, {list(x.shape)}, or broadcast with it "
-        f"(as in optax); got {list(t.shape)}."
-    ) from e
-  x, t = v.to_compute(jnp.broadcast_to(x, shape), jnp.broadcast_to(t, shape))
-  axes = _class_axes(axis, len(shape))
-  mask = _elementwise_where(where, shape)
-  if mask is not None:
-    x, t = jnp.where(mask, x, 0), jnp.where(mask, t, neutral)
-  return x, t, axes, mask
-
-
-def _sum(terms: jax.Array, axes: tuple[int, ...], mask: jax.Array | None) -> jax.Array:
-  if mask is not None:
-    terms = jnp.where(mask, terms, 0)
-  return jnp.sum(terms, axis=axes)
-
-
-def kl_divergence(
-    log_predictions: ArrayLike,
-    targets: ArrayLike,
-    axis: Axis = -1,
-    where: ArrayLike | None = None,
-) -> jax.Array:
-  r"""optax's ``kl_divergence``: ``Σ p (log p - log_predictions)``.
-
-  .. math:: \ell = \sum_c p_c (\log p_c - x_c), \qquad 0 \log 0 = 0
-
-  With normalised ``targets`` and log-probabilities ``x`` this is
-  KL(targets ‖ exp(x)). Like optax, nothing is normalised: a target row
-  summing to 0.9, or raw logits as ``x``, give optax's number, which is not a
-  divergence (it can be negative). For the KL between the distributions that
-  unnormalised inputs stand for, use :func:`jaxdiv.kl_divergence`.
-
-  Args:
-    log_predictions: ``x``, log-probabilities of the model, ``[..., num_classes]``.
-    targets: target probabilities ``p``, same shape (or broadcastable, as in optax).
-    axis: the class axis, a tuple of axes, or None for all axes.
-    where: elements to include in the sum, broadcastable to
-      ``log_predictions.shape`` (a ``[num_classes]`` mask drops classes).
-
-  Returns:
-    ``[...]`` per-example values, float32 (float64 for float64).
-
-  Numerics:
-    Each summand is ``p (log p - x)``, formed as optax does; a target of 0
-    contributes 0 with zero derivatives even against ``x = -inf`` (optax: NaN
-    value, and a NaN target gradient at every zero target), unless ``x`` is
-    NaN. Accumulated in float32 for low-precision inputs.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from jaxdiv import optax as losses
-    >>> kl = losses.kl_divergence(jnp.log(jnp.array([0.2, 0.8])), jnp.array([0.1, 0.9]))
-    >>> print(f"{kl:.4f}")
-    0.0367
-    >>> kl = losses.kl_divergence(jnp.log(jnp.array([0.5, 0.0, 0.5])), jnp.array([0.5, 0.0, 0.5]))
-    >>> print(f"{kl:.4f}")
-    0.0000
-  """
-  x, p, axes, mask = _kl_inputs(log_predictions, targets, axis, where, "targets", 0)
-  terms = _core.pointwise_kl(p, jnp.log(jnp.where(p == 0, 1, p)), x)
-  return _sum(terms, axes, mask)
-
-
-def kl_divergence_with_log_targets(
-    log_predictions: ArrayLike,
-    log_targets: ArrayLike,
-    axis: Axis = -1,
-    where: ArrayLike | None = None,
-) -> jax.Array:
-  r"""optax's ``kl_divergence_with_log_targets``: ``Σ e^t (t - log_predictions)``.
-
-  .. math:: \ell = \sum_c e^{t_c} (t_c - x_c)
-
-  KL(exp(t) ‖ exp(x)) for normalised log-probabilities; like optax, nothing
-  is normalised (see :func:`kl_divergence`; for logits use
-  :func:`jaxdiv.kl_divergence_with_log_targets`).
-
-  Args:
-    log_predictions: ``x``, log-probabilities of the model, ``[..., num_classes]``.
-    log_targets: ``t``, log-probabilities of the target, same shape (or
-      broadcastable); ``-inf`` marks a class of probability 0.
-    axis: the class axis, a tuple of axes, or None for all axes.
-    where: elements to include in the sum, broadcastable to
-      ``log_predictions.shape``.
-
-  Returns:
-    ``[...]`` per-example values, float32 (float64 for float64).
-
-  Numerics:
-    A ``-inf`` log-target contributes 0 with zero derivatives (optax: NaN,
-    since ``0 · -inf``), unless ``x`` is NaN.
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from jaxdiv import optax as losses
-    >>> log_p = jnp.log(jnp.array([0.5, 0.5, 0.0]))
-    >>> log_q = jnp.log(jnp.array([0.25, 0.5, 0.25]))
-    >>> kl = losses.kl_divergence_with_log_targets(log_q, log_p)
-    >>> print(f"{kl:.4f}")
-    0.3466
-  """
-  x, t, axes, mask = _kl_inputs(log_predictions, log_targets, axis, where, "log_targets", -jnp.inf)
-  terms = _core.pointwise_kl(jnp.exp(t), t, x)
-  return _sum(terms, axes, mask)
-
-
-def generalized_kl_divergence(
-    log_predictions: ArrayLike,
-    targets: ArrayLike,
-    axis: Axis = -1,
-    where: ArrayLike | None = None,
-) -> jax.Array:
-  r"""optax's ``generalized_kl_divergence``: the KL between unnormalised measures.
-
-  .. math:: D(p \,\|\, q) = \sum_c \left(p_c \log \frac{p_c}{q_c} - p_c + q_c\right),
-     \qquad q = e^{\text{log\_predictions}}
-
-  The Bregman divergence of ``x log x - x``; equal to the KL when both sum
-  to one. Nothing is normalised.
-
-  Args:
-    log_predictions: log of the (unnormalised) predicted measure, ``[..., dim]``.
-    targets: the (unnormalised, non-negative) target measure, same shape (or
-      broadcastable).
-    axis: the axis, a tuple of axes, or None for all axes.
-    where: elements to include, broadcastable to ``log_predictions.shape``.
-
-  Returns:
-    ``[...]`` per-example divergences, float32 (float64 for float64).
-
-  Numerics:
-    Summed as the non-negative terms ``p (e^d - 1 - d)``,
-    ``d = log q - log p``, with a series for small ``d``: accurate when
-    ``p ≈ q`` (optax's sum of ``p log(p/q)`` and ``q - p`` cancels). ``p = 0``
-    contributes ``q`` with finite derivatives, 0 against ``q = 0`` (optax: NaN).
-
-  Examples:
-    >>> import jax.numpy as jnp
-    >>> from jaxdiv import optax as losses
-    >>> d = losses.generalized_kl_divergence(jnp.log(jnp.array([1.0, 2.0])), jnp.array([2.0, 2.0]))
-    >>> print(f"{d:.4f}")
-    0.3863
-  """
-  x, p, axes, mask = _kl_inputs(log_predictions, targets, axis, where, "targets", 0)
-  zero = p == 0
-  p_s, x_s = jnp.where(zero, 1, p), jnp.where(zero, 0, x)
-  terms = jnp.where(zero, jnp.exp(jnp.where(zero, x, 0)), p_s * _expm1_minus(x_s - jnp.log(p_s)))
-  return _sum(terms, axes, mask)
-
-
-@functools.wraps(generalized_kl_divergence)
-def convex_kl_divergence(*args, **kwargs) -> jax.Array:
-  """optax's deprecated name for :func:`generalized_kl_divergence`; warns as optax's does."""
-  warnings.warn(
-      "The function convex_kl_divergence is deprecated. Please use generalized_kl_divergence instead.",
-      category=DeprecationWarning,
-      stacklevel=2,
-  )
-  return generalized_kl_divergence(*args, **kwargs)
-
-
-convex_kl_divergence.__doc__ = (
-    "optax's deprecated name for :func:`generalized_kl_divergence`: the same function, and a\n"
-    "``DeprecationWarning`` on each call, as optax's."
-)
 
 
 # --------------------------------------------------------------------------- #
@@ -612,7 +327,7 @@ convex_kl_divergence.__doc__ = (
 def _binary(logits, labels):
   x = v.as_floating("logits", logits)
   y = v.as_probabilities("labels", labels, "Pass 0/1 labels or probabilities in [0, 1].")
-  return x, _broadcast("labels", y, x.shape)
+  return x, conv.broadcast_to("labels", y, x.shape)
 
 
 def sigmoid_binary_cross_entropy(logits: ArrayLike, labels: ArrayLike) -> jax.Array:
