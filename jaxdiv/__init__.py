@@ -25,7 +25,8 @@ from jaxdiv._divergences import (
     kl_divergence_with_log_targets,
     reverse_kl_divergence,
 )
-from jaxdiv._fused import fused_linear_cross_entropy, fused_linear_distillation
+from jaxdiv._fused import fused_linear_cross_entropy
+from jaxdiv._fused_distill import fused_linear_distillation
 from jaxdiv._gaussian import (
     gaussian_cross_entropy,
     gaussian_entropy,
