@@ -41,10 +41,10 @@ from jaxdiv._mvn import (
 from jaxdiv._rl import kl_estimator
 from jaxdiv._sharded import (
     vocab_parallel_cross_entropy,
-    vocab_parallel_fused_linear_cross_entropy,
     vocab_parallel_jensen_shannon_divergence,
     vocab_parallel_kl_divergence,
 )
+from jaxdiv._sharded_fused import vocab_parallel_fused_linear_cross_entropy
 from jaxdiv._validation import check_labels
 
 __version__ = "0.1.0"

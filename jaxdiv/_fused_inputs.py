@@ -118,6 +118,29 @@ def _spec_axes(entry) -> tuple:
   return () if entry is None else (entry if isinstance(entry, tuple) else (entry,))
 
 
+def axis_size(mesh: Mesh | AbstractMesh, name: Any, what: str) -> int:
+  """The size of the mesh axis ``name``, passed as the argument ``what``; one wording for every loss."""
+  if name not in mesh.shape:
+    raise ValueError(f"{what}={name!r} is not an axis of the mesh; its axes are {list(mesh.axis_names)}.")
+  return mesh.shape[name]
+
+
+def check_layout(mesh: Any, vocab_axis: Any, token_axis: Any, n: int, vocab: int) -> None:
+  """The vocab-parallel layout: a concrete mesh, V split over ``vocab_axis``, N over ``token_axis``."""
+  if not isinstance(mesh, Mesh):
+    raise TypeError(f"mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}.")
+  pv = axis_size(mesh, vocab_axis, "vocab_axis")
+  if vocab % pv:
+    raise ValueError(
+        f"V = {vocab} classes must be divisible by the {pv} devices of vocab_axis={vocab_axis!r}.")
+  if token_axis is not None:
+    if token_axis == vocab_axis:
+      raise ValueError(f"token_axis and vocab_axis must be different mesh axes; both are {vocab_axis!r}.")
+    pt = axis_size(mesh, token_axis, "token_axis")
+    if n % pt:
+      raise ValueError(f"N = {n} tokens must be divisible by the {pt} devices of token_axis={token_axis!r}.")
+
+
 def layout(
     hidden: ArrayLike, weight: ArrayLike, n: int, vocab: int, token_axis: Any = None
 ) -> tuple[Layout | None, bool]:
@@ -153,9 +176,7 @@ def layout(
   if token_axis is not None:
     tokens = _spec_axes(token_axis)
     for a in tokens:
-      if a not in mesh.axis_names:
-        raise ValueError(f"token_axis={token_axis!r}: {a!r} is not an axis of the mesh; its axes are "
-                         f"{list(mesh.axis_names)}.")
+      axis_size(mesh, a, "token_axis")
     if n % math.prod(mesh.shape[a] for a in tokens):
       raise ValueError(f"N = {n} tokens must be divisible by the {math.prod(mesh.shape[a] for a in tokens)} "
                        f"devices of token_axis={token_axis!r}.")

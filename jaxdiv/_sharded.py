@@ -1,4 +1,6 @@
-"""Vocab-parallel losses: logits (or the unembedding) sharded along the vocabulary across devices.
+"""Vocab-parallel losses: logits sharded along the vocabulary across devices.
+
+The fused variant (the unembedding sharded instead) is :mod:`jaxdiv._sharded_fused`.
 
 Megatron-style: each device holds ``V / P`` classes of every token and forms
 its local maximum, sum of exponentials and target logit; ``jax.lax.pmax`` and
@@ -17,7 +19,7 @@ size of the corresponding mesh axis.
 
 from __future__ import annotations
 
-from typing import Any, Literal, overload
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -25,32 +27,11 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 from jax.typing import ArrayLike
 
-from jaxdiv import _blocks, _core, _kernels, _options, _reduction, _row_losses
+from jaxdiv import _core, _kernels, _options, _reduction, _row_losses
 from jaxdiv import _fused_inputs as _inputs
 from jaxdiv import _validation as v
 
 _INT_HINT = "For integer class labels use jaxdiv.vocab_parallel_cross_entropy."
-
-
-def _axis_size(mesh: Any, name: Any, what: str) -> int:
-  if not isinstance(mesh, Mesh):
-    raise TypeError(f"mesh must be a jax.sharding.Mesh; got {type(mesh).__name__}.")
-  if name not in mesh.shape:
-    raise ValueError(f"{what}={name!r} is not an axis of the mesh; its axes are {list(mesh.axis_names)}.")
-  return mesh.shape[name]
-
-
-def _check_layout(mesh, vocab_axis, token_axis, n: int, vocab: int) -> None:
-  pv = _axis_size(mesh, vocab_axis, "vocab_axis")
-  if vocab % pv:
-    raise ValueError(
-        f"V = {vocab} classes must be divisible by the {pv} devices of vocab_axis={vocab_axis!r}.")
-  if token_axis is not None:
-    if token_axis == vocab_axis:
-      raise ValueError(f"token_axis and vocab_axis must be different mesh axes; both are {vocab_axis!r}.")
-    pt = _axis_size(mesh, token_axis, "token_axis")
-    if n % pt:
-      raise ValueError(f"N = {n} tokens must be divisible by the {pt} devices of token_axis={token_axis!r}.")
 
 
 # One shard_map driver for every sharded loss (cached programs; inputs moved to the layout they need).
@@ -70,7 +51,7 @@ def _two_sided(name, logits, target, target_name, mesh, vocab_axis, token_axis, 
         f"{name} takes logits of shape [N, V]; got {list(z.shape)}. Reshape leading axes into N.")
   v.same_shape(target_name, t, "logits", z)
   z, t = v.to_compute(z, t)
-  _check_layout(mesh, vocab_axis, token_axis, z.shape[0], z.shape[1])
+  _inputs.check_layout(mesh, vocab_axis, token_axis, z.shape[0], z.shape[1])
   mask = v.mask(where, z.shape)
   if mask is None:
     return z, t, None
@@ -156,7 +137,7 @@ def vocab_parallel_cross_entropy(
   v.label_shape(y, z, 1)
   (z,) = v.to_compute(z)
   n, vocab = z.shape
-  _check_layout(mesh, vocab_axis, token_axis, n, vocab)
+  _inputs.check_layout(mesh, vocab_axis, token_axis, n, vocab)
   mask = v.mask(where, z.shape)
   y, active, weights = _inputs.prepare_labels(y, (n,), ignore_index, False, class_weights, vocab, z.dtype)
   if mask is not None:
@@ -300,194 +281,3 @@ def vocab_parallel_jensen_shannon_divergence(
   z, t, rows = _two_sided(name, logits, target_logits, "target_logits", mesh, vocab_axis, token_axis, where)
   loss = _divergence(_core.DivSpec(kind, beta), z, t, mesh, vocab_axis, token_axis)
   return _reduce_rows(loss, rows, reduction, normalizer)
-
-
-def _fused_local(spec: _blocks.Spec, h, w, b, y):
-  """A device's share of the vocabulary-block schedule (statistics combined over the spec's mesh axes)."""
-  return _blocks.vocab_core(spec, h, w, b, (y,))
-
-
-@overload
-def vocab_parallel_fused_linear_cross_entropy(
-    hidden: ArrayLike,
-    weight: ArrayLike,
-    labels: ArrayLike,
-    *,
-    mesh: Mesh,
-    vocab_axis: Any,
-    token_axis: Any = None,
-    bias: ArrayLike | None = None,
-    ignore_index: int | None = None,
-    class_weights: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    soft_cap: float | None = None,
-    shift_labels: bool = False,
-    where: ArrayLike | None = None,
-    weights: ArrayLike | None = None,
-    token_mask: ArrayLike | None = None,
-    reduction: _inputs.Reduction = "mean",
-    normalizer: ArrayLike | None = None,
-    return_lse: Literal[False] = False,
-    return_aux: Literal[False] = False,
-    vocab_block: int | None = None,
-) -> jax.Array: ...
-
-
-@overload
-def vocab_parallel_fused_linear_cross_entropy(
-    hidden: ArrayLike,
-    weight: ArrayLike,
-    labels: ArrayLike,
-    *,
-    mesh: Mesh,
-    vocab_axis: Any,
-    token_axis: Any = None,
-    bias: ArrayLike | None = None,
-    ignore_index: int | None = None,
-    class_weights: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    soft_cap: float | None = None,
-    shift_labels: bool = False,
-    where: ArrayLike | None = None,
-    weights: ArrayLike | None = None,
-    token_mask: ArrayLike | None = None,
-    reduction: _inputs.Reduction = "mean",
-    normalizer: ArrayLike | None = None,
-    return_lse: Literal[True],
-    return_aux: Literal[False] = False,
-    vocab_block: int | None = None,
-) -> tuple[jax.Array, jax.Array]: ...
-
-
-@overload
-def vocab_parallel_fused_linear_cross_entropy(
-    hidden: ArrayLike,
-    weight: ArrayLike,
-    labels: ArrayLike,
-    *,
-    mesh: Mesh,
-    vocab_axis: Any,
-    token_axis: Any = None,
-    bias: ArrayLike | None = None,
-    ignore_index: int | None = None,
-    class_weights: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    soft_cap: float | None = None,
-    shift_labels: bool = False,
-    where: ArrayLike | None = None,
-    weights: ArrayLike | None = None,
-    token_mask: ArrayLike | None = None,
-    reduction: _inputs.Reduction = "mean",
-    normalizer: ArrayLike | None = None,
-    return_lse: Literal[False] = False,
-    return_aux: Literal[True],
-    vocab_block: int | None = None,
-) -> tuple[jax.Array, dict[str, jax.Array]]: ...
-
-
-def vocab_parallel_fused_linear_cross_entropy(
-    hidden: ArrayLike,
-    weight: ArrayLike,
-    labels: ArrayLike,
-    *,
-    mesh: Mesh,
-    vocab_axis: Any,
-    token_axis: Any = None,
-    bias: ArrayLike | None = None,
-    ignore_index: int | None = None,
-    class_weights: ArrayLike | None = None,
-    label_smoothing: float = 0.0,
-    z_loss: float = 0.0,
-    soft_cap: float | None = None,
-    shift_labels: bool = False,
-    where: ArrayLike | None = None,
-    weights: ArrayLike | None = None,
-    token_mask: ArrayLike | None = None,
-    reduction: _inputs.Reduction = "mean",
-    normalizer: ArrayLike | None = None,
-    return_lse: bool = False,
-    return_aux: bool = False,
-    vocab_block: int | None = None,
-) -> Any:
-  r""":func:`jaxdiv.fused_linear_cross_entropy` with the unembedding sharded along the vocabulary.
-
-  Each device holds ``weight[:, V/P]`` (and the matching bias slice) and,
-  with ``token_axis``, its share of the tokens. It runs the low-memory
-  (vocabulary-block) schedule over its own classes; the per-token logsumexp,
-  target logit and smoothing sum are combined with ``pmax``/``psum`` over
-  ``vocab_axis``; in the backward pass the hidden-state gradient is summed
-  over ``vocab_axis`` and the weight and bias gradients over ``token_axis``.
-  Nothing ``[*, V]``-sized crosses devices and no device forms more than an
-  ``[N/P_t, vocab_block]`` block of logits.
-
-  Args:
-    hidden: ``[N, D]`` hidden states (tokens split over ``token_axis`` if given)
-      or ``[B, T, D]`` (flattened to ``N = B·T`` tokens).
-    weight: ``[D, V]``, split along V over ``vocab_axis``.
-    labels: integer classes, ``hidden.shape[:-1]`` (global indices).
-    mesh: the device mesh.
-    vocab_axis: mesh axis name that splits the vocabulary.
-    token_axis: optional mesh axis name that splits the tokens.
-    bias, ignore_index, class_weights, label_smoothing, z_loss, soft_cap, shift_labels: as
-      :func:`jaxdiv.fused_linear_cross_entropy`.
-    where, weights, token_mask, reduction, normalizer, return_lse, return_aux: as
-      :func:`jaxdiv.fused_linear_cross_entropy`.
-    vocab_block: classes per block within a device's shard.
-
-  Returns:
-    As :func:`jaxdiv.fused_linear_cross_entropy`.
-
-  Numerics:
-    As :func:`jaxdiv.fused_linear_cross_entropy`; equal to the one-device
-    result to float32 rounding. A ``custom_vjp``: ``jit``, ``grad``; no
-    forward mode.
-
-  Examples:
-    >>> import jax, jax.numpy as jnp, numpy as np, jaxdiv
-    >>> mesh = jax.sharding.Mesh(np.array(jax.devices()).reshape(2, -1) if len(jax.devices()) % 2 == 0
-    ...                          else np.array(jax.devices()).reshape(1, -1), ("data", "vocab"))
-    >>> rng = np.random.default_rng(0)
-    >>> h = jnp.asarray(rng.normal(size=(8, 4)), jnp.float32)
-    >>> w = jnp.asarray(rng.normal(size=(4, 64)), jnp.float32)
-    >>> y = jnp.asarray(rng.integers(0, 64, size=8))
-    >>> loss = jaxdiv.vocab_parallel_fused_linear_cross_entropy(
-    ...     h, w, y, mesh=mesh, vocab_axis="vocab", token_axis="data")
-    >>> bool(jnp.allclose(loss, jnp.mean(jaxdiv.cross_entropy(h @ w, y)), rtol=1e-6))
-    True
-  """
-  h, w, b = _inputs.check_linear(hidden, weight, bias)
-  _reduction.check(reduction, normalizer)
-  if return_lse and return_aux:
-    raise ValueError("return_lse and return_aux both ask for the logsumexp; pass one (aux['logsumexp']).")
-  cfg = _options.ce_config(label_smoothing, "uniform", False, z_loss, soft_cap)
-  token_shape = h.shape[:-1]
-  d, vocab = w.shape
-  dt, h32, b32 = _inputs.linear_dtypes(h, w, b)
-  b32 = _inputs.class_mask(where, vocab, b32)
-  y, active, per_token = _inputs.prepare_labels(
-      labels, token_shape, ignore_index, shift_labels, class_weights, vocab, dt)
-  user_weights, user_mask = _inputs.token_weights(token_shape, weights, token_mask, dt)
-  per_token, active = per_token * user_weights, active & user_mask
-  h32 = h32.reshape(-1, d)
-  if token_mask is not None:  # a masked token's hidden state (NaN included) reaches no value or gradient
-    h32 = jnp.where(user_mask[:, None], h32, 0)
-  n = h32.shape[0]
-  _check_layout(mesh, vocab_axis, token_axis, n, vocab)
-  v_local = vocab // mesh.shape[vocab_axis]
-  n_local = n // (1 if token_axis is None else mesh.shape[token_axis])
-  block = _inputs.block_size("vocab_block", vocab_block, n_local, v_local)
-  spec = _blocks.Spec(cfg, "labels", block, vocab, axis_name=vocab_axis, token_axis=token_axis)
-
-  tokens = P(token_axis)
-  in_specs = (P(token_axis, None), P(None, vocab_axis), P(vocab_axis), tokens)
-  f = _shard_map(_fused_local, (spec,), mesh, in_specs, (tokens, tokens))
-  loss, lse = f(h32, w, b32, y)
-  per_token_loss = jnp.where(active, per_token * jnp.where(active, loss, 0), 0).reshape(token_shape)
-  out = _reduction.reduce(per_token_loss, reduction, weight=per_token.reshape(token_shape),
-                          normalizer=normalizer)
-  if return_aux:
-    return out, _inputs.aux_outputs(cfg, lse, reduction, per_token, active, token_shape, normalizer)
-  return (out, jax.lax.stop_gradient(lse).reshape(token_shape)) if return_lse else out
