@@ -199,7 +199,7 @@ def test_vmap_over_batches_with_a_shared_weight(mode):
   f = lambda h, y, w: jaxdiv.fused_linear_cross_entropy(h, w, y, mode=mode, token_block=16, vocab_block=128)
   got, grads = jax.jit(jax.vmap(jax.value_and_grad(f, (0, 2)), in_axes=(0, 0, None)))(hs, ys, w)
   for i in range(3):
-    materialised = lambda h, w: jaxdiv.cross_entropy(h @ w, ys[i], reduction="mean")
+    materialised = lambda h, w, y=ys[i]: jaxdiv.cross_entropy(h @ w, y, reduction="mean")
     want, want_grads = jax.value_and_grad(materialised, (0, 1))(hs[i], w)
     _assert_close(got[i], want)
     _assert_close(grads[0][i], want_grads[0])
@@ -299,8 +299,8 @@ def test_distillation_from_teacher_hidden_states_gives_the_teacher_no_gradient(m
 
   def fused(h, w, th, tw):
     return jaxdiv.fused_linear_distillation(
-        h, w, th, bias=b, teacher_weight=tw, teacher_bias=tb, divergence="forward_kl", mode=mode, reduction="sum",
-        token_block=20, vocab_block=100)
+        h, w, th, bias=b, teacher_weight=tw, teacher_bias=tb, divergence="forward_kl", mode=mode,
+        reduction="sum", token_block=20, vocab_block=100)
 
   def materialised(h, w):
     return jnp.sum(jaxdiv.kl_divergence_with_log_targets(_logits(h, w, b), _logits(th, tw, tb)))
@@ -354,35 +354,38 @@ def test_fused_cross_entropy_takes_a_class_mask_token_weights_a_token_mask_and_s
   kw = {"label_smoothing": 0.1, "z_loss": 1e-3, "ignore_index": -100}
   loss, aux = jaxdiv.fused_linear_cross_entropy(
       h, w, y, where=classes, weights=weights, token_mask=tokens, return_aux=True, mode=mode, **kw)
-  per_example = jaxdiv.cross_entropy(h @ w, y, where=jnp.broadcast_to(classes, (12, 40)), **kw)
+  class_mask = jnp.broadcast_to(classes, (12, 40))
+  per_example = jaxdiv.cross_entropy(h @ w, y, where=class_mask, **kw)
   counted = tokens & (y != -100)
-  want = jnp.sum(jnp.where(counted, weights * per_example, 0)) / jnp.sum(jnp.where(counted, weights, 0))
+  counted_weight = jnp.sum(jnp.where(counted, weights, 0))
+  want = jnp.sum(jnp.where(counted, weights * per_example, 0)) / counted_weight
   np.testing.assert_allclose(loss, want, rtol=1e-6)
-  _, want_aux = jaxdiv.cross_entropy(h @ w, y, where=jnp.broadcast_to(classes, (12, 40)), return_aux=True, **kw)
+  _, want_aux = jaxdiv.cross_entropy(h @ w, y, where=class_mask, return_aux=True, **kw)
   del want_aux
   lse = jax.nn.logsumexp(jnp.where(classes, h @ w, -jnp.inf), axis=1)
   np.testing.assert_allclose(aux["logsumexp"], jnp.sum(jnp.where(counted, weights * lse, 0)) /
-                             jnp.sum(jnp.where(counted, weights, 0)), rtol=1e-6)
+                             counted_weight, rtol=1e-6)
   np.testing.assert_allclose(aux["z_loss"], jnp.sum(jnp.where(counted, weights * 1e-3 * lse**2, 0)) /
-                             jnp.sum(jnp.where(counted, weights, 0)), rtol=1e-6)
+                             counted_weight, rtol=1e-6)
   grad = jax.grad(lambda h: jaxdiv.fused_linear_cross_entropy(
       h, w, y, where=classes, weights=weights, token_mask=tokens, mode=mode, **kw))(h)
   want_grad = jax.grad(lambda h: jnp.sum(jnp.where(counted, weights * jaxdiv.cross_entropy(
-      h @ w, y, where=jnp.broadcast_to(classes, (12, 40)), **kw), 0)) / jnp.sum(jnp.where(counted, weights, 0)))(h)
+      h @ w, y, where=class_mask, **kw), 0)) / counted_weight)(h)
   np.testing.assert_allclose(grad, want_grad, rtol=1e-5, atol=1e-7)
 
 
 @pytest.mark.parametrize("mode, reduction", [("fast", "mean"), ("fast", "sum"), ("low_memory", "mean"),
                                              ("low_memory", "sum"), ("low_memory", "none")])
-def test_fused_distillation_has_the_hard_label_term_and_the_temperature_scale_of_distillation_loss(mode, reduction):
+def test_fused_distillation_has_the_hard_label_term_and_the_temperature_scale_of_distillation_loss(
+    mode, reduction):
   h, w, t, y, classes, tokens, weights = _options_problem()
   kw = {"temperature": 2.0, "divergence": "jsd", "beta": 0.3}
   got = jaxdiv.fused_linear_distillation(
       h, w, t, labels=y, alpha=0.3, ignore_index=-100, scale_by_temperature_squared=True, where=classes,
       token_mask=tokens, weights=weights, mode=mode, reduction=reduction, **kw)
   per_example = jaxdiv.distillation_loss(
-      h @ w, t, labels=y, alpha=0.3, ignore_index=-100, where=jnp.broadcast_to(classes, (12, 40)) & tokens[:, None],
-      **kw)
+      h @ w, t, labels=y, alpha=0.3, ignore_index=-100,
+      where=jnp.broadcast_to(classes, (12, 40)) & tokens[:, None], **kw)
   counted = tokens & (y != -100)
   if reduction == "none":
     want = jnp.where(counted, weights * per_example, 0)

@@ -18,10 +18,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
+from jax.sharding import PartitionSpec as P
 
 import jaxdiv
 import jaxdiv._core
-from jax.sharding import PartitionSpec as P
 from jaxdiv import _sharded
 
 DIVERGENCES = {
@@ -98,12 +98,13 @@ def test_cross_entropy_paths_agree_in_value_and_gradient(problem):
 
   def vocab_parallel_logits(h, w, b):
     return jaxdiv.vocab_parallel_cross_entropy(
-        h @ w + b[None, :], y, mesh=mesh, vocab_axis="vocab", token_axis="data", reduction=reduction, **options)
+        h @ w + b[None, :], y, mesh=mesh, vocab_axis="vocab", token_axis="data", reduction=reduction,
+        **options)
 
   want, want_grads = jax.value_and_grad(materialised, (0, 1, 2))(h, w, b)
   assert np.isfinite(want), "the padded, smoothed loss is finite"
-  paths = {"fast": fused("fast"), "low_memory": fused("low_memory"), "vocab_parallel_fused": vocab_parallel_fused,
-           "vocab_parallel": vocab_parallel_logits}
+  paths = {"fast": fused("fast"), "low_memory": fused("low_memory"),
+           "vocab_parallel_fused": vocab_parallel_fused, "vocab_parallel": vocab_parallel_logits}
   for name, path in paths.items():
     got, grads = jax.jit(jax.value_and_grad(path, (0, 1, 2)))(h, w, b)
     _close(got, want, f"{name} value")
@@ -178,11 +179,13 @@ def test_padded_vocabulary_with_label_smoothing_is_finite_and_equal_on_every_pat
   assert np.isfinite(want)
   got = {
       "fast": jaxdiv.fused_linear_cross_entropy(h, w, y, bias=b, label_smoothing=0.1, mode="fast"),
-      "low_memory": jaxdiv.fused_linear_cross_entropy(h, w, y, bias=b, label_smoothing=0.1, mode="low_memory"),
+      "low_memory": jaxdiv.fused_linear_cross_entropy(
+          h, w, y, bias=b, label_smoothing=0.1, mode="low_memory"),
       "vocab_parallel_fused": jaxdiv.vocab_parallel_fused_linear_cross_entropy(
           h, w, y, bias=b, mesh=mesh, vocab_axis="vocab", token_axis="data", label_smoothing=0.1),
       "vocab_parallel": jaxdiv.vocab_parallel_cross_entropy(
-          h @ w + b[None, :], y, mesh=mesh, vocab_axis="vocab", token_axis="data", label_smoothing=0.1, reduction="mean"),
+          h @ w + b[None, :], y, mesh=mesh, vocab_axis="vocab", token_axis="data", label_smoothing=0.1,
+          reduction="mean"),
   }
   for name, value in got.items():
     _close(value, want, name)
@@ -234,8 +237,9 @@ def _ce_families():
       "fused_linear_cross_entropy": lambda **kw: jaxdiv.fused_linear_cross_entropy(h, w, y, **kw),
       "vocab_parallel_cross_entropy": lambda **kw: jaxdiv.vocab_parallel_cross_entropy(
           h @ w, y, mesh=mesh, vocab_axis="vocab", **kw),
-      "vocab_parallel_fused_linear_cross_entropy": lambda **kw: jaxdiv.vocab_parallel_fused_linear_cross_entropy(
-          h, w, y, mesh=mesh, vocab_axis="vocab", **kw),
+      "vocab_parallel_fused_linear_cross_entropy":
+          lambda **kw: jaxdiv.vocab_parallel_fused_linear_cross_entropy(
+              h, w, y, mesh=mesh, vocab_axis="vocab", **kw),
   }
 
 
@@ -270,7 +274,8 @@ def test_divergence_vocabulary_is_one_and_the_old_spellings_warn():
   np.testing.assert_array_equal(old, new)
   for call in (lambda **kw: jaxdiv.fused_linear_distillation(h, w, t, **kw),
                lambda **kw: jaxdiv.distillation_loss(h @ w, t, **kw),
-               lambda **kw: jaxdiv.vocab_parallel_kl_divergence(h @ w, t, mesh=mesh, vocab_axis="vocab", **kw)):
+               lambda **kw: jaxdiv.vocab_parallel_kl_divergence(
+                   h @ w, t, mesh=mesh, vocab_axis="vocab", **kw)):
     with pytest.raises(ValueError, match=r"divergence must be one of \['forward_kl', 'reverse_kl', 'jsd'\]"):
       call(divergence="kld")
     with pytest.raises(ValueError, match=r"beta must lie in \[0, 1\]; got 1.5\."):

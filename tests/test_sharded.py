@@ -62,12 +62,12 @@ def test_cross_entropy_matches_one_device(token_axis):
   z, _, y = _data(0)
   mesh = _mesh() if token_axis else _mesh((8,), ("vocab",))
   for eps in (0.0, 0.1):
-    f = lambda z: jaxdiv.vocab_parallel_cross_entropy(
+    f = lambda z, eps=eps: jaxdiv.vocab_parallel_cross_entropy(
         z, y, mesh=mesh, vocab_axis="vocab", token_axis=token_axis, label_smoothing=eps)
-    want = lambda z: jaxdiv.cross_entropy(z, y, label_smoothing=eps)
+    want = lambda z, eps=eps: jaxdiv.cross_entropy(z, y, label_smoothing=eps)
     _assert_close(f(z), want(z))
-    _assert_close(jax.jit(jax.grad(lambda z: jnp.sum(f(z) * jnp.arange(N, dtype=jnp.float32))))(z),
-                  jax.grad(lambda z: jnp.sum(want(z) * jnp.arange(N, dtype=jnp.float32)))(z))
+    _assert_close(jax.jit(jax.grad(lambda z, f=f: jnp.sum(f(z) * jnp.arange(N, dtype=jnp.float32))))(z),
+                  jax.grad(lambda z, want=want: jnp.sum(want(z) * jnp.arange(N, dtype=jnp.float32)))(z))
   bad = jaxdiv.vocab_parallel_cross_entropy(z, y.at[0].set(V), mesh=mesh, vocab_axis="vocab")
   assert np.isnan(bad[0]) and np.all(np.isfinite(np.asarray(bad[1:])))
 
