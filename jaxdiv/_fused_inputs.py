@@ -313,10 +313,13 @@ def prepare_labels(labels, token_shape, ignore_index, shift_labels, class_weight
       raise ValueError("shift_labels=True needs a sequence axis: labels of shape [..., T] with T >= 1.")
     y = jnp.concatenate([y[..., 1:], y[..., :1]], axis=-1)
     active = jnp.concatenate([active[..., 1:], jnp.zeros_like(active[..., :1])], axis=-1)
+  raw = y.dtype == jnp.int32 and ignore_index is None and not shift_labels
   y, active = y.reshape(-1), active.reshape(-1)
   in_range = (y >= 0) & (y < vocab_size)
-  # An out-of-range label that is counted becomes -1: a NaN loss with zero gradient, never another class.
-  safe = jnp.where(active, jnp.where(in_range, y, -1), 0).astype(jnp.int32)
+  # An out-of-range label that is counted becomes -1: a NaN loss with zero gradient, never another class
+  # (the schedules' own range check). int32 labels that are all counted are used as they are, which the
+  # same check covers: no [N] copy of the labels beside the caller's.
+  safe = y if raw else jnp.where(active, jnp.where(in_range, y, -1), 0).astype(jnp.int32)
   if class_weights is None:
     weights = active.astype(dt)
   else:

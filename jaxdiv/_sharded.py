@@ -146,7 +146,7 @@ def vocab_parallel_cross_entropy(
     active, weights = active & rows, jnp.where(rows, weights, 0)
   in_specs = (P(token_axis, vocab_axis), P(token_axis))
   f = _shard_map(_ce_local, (cfg, vocab_axis), mesh, in_specs, P(token_axis))
-  loss = jnp.where(y >= 0, f(z, y), jnp.nan)
+  loss = jnp.where((y >= 0) & (y < vocab), f(z, y), jnp.nan)  # an out-of-range label: NaN, zero gradient
   if class_weights is not None:
     loss = _kernels.mul_safe(weights, loss)
   loss = jnp.where(active, loss, 0)
