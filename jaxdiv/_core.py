@@ -447,13 +447,13 @@ def div_coefficients(spec: DivSpec, student, teacher, stats, residual, cdt) -> t
 # --------------------------------------------------------------------------- #
 
 
-def nan_of(x: jax.Array) -> jax.Array:
+def _nan_of(x: jax.Array) -> jax.Array:
   """0 where ``x`` is not NaN; NaN, with a NaN derivative, where it is."""
   n = jnp.where(jnp.isnan(x), x, 0)
   return n * n
 
 
-def pointwise_kl(p: jax.Array, log_p: jax.Array, log_r: jax.Array) -> jax.Array:
+def pointwise_kl(p: jax.Array, log_p: jax.Array | None, log_r: jax.Array) -> jax.Array:
   """The summands ``p (log p - log r)``, with ``0 log 0 = 0`` against any ``log r``.
 
   The per-class terms users compare with torch's ``kl_div(reduction="none")``
@@ -463,8 +463,9 @@ def pointwise_kl(p: jax.Array, log_p: jax.Array, log_r: jax.Array) -> jax.Array:
 
   Args:
     p: the first distribution's probabilities (``>= 0``).
-    log_p: ``log p`` where ``p > 0``; any finite value where ``p = 0`` (pass
-      ``log(where(p == 0, 1, p))``, so its derivative is not ``0 · inf``).
+    log_p: ``log p`` (a log target, ``-inf`` where ``p = 0``), or None for
+      a probability target: then ``log p`` is taken here, at 1 where ``p = 0``,
+      so that its derivative there is not ``0 · inf``.
     log_r: the second distribution's log-probabilities, ``-inf`` allowed.
 
   Returns:
@@ -472,5 +473,6 @@ def pointwise_kl(p: jax.Array, log_p: jax.Array, log_r: jax.Array) -> jax.Array:
     derivatives (NaN if ``log_r`` is NaN), ``+inf`` for mass on ``log r = -inf``.
   """
   zero = p == 0
-  p_s, log_p_s, log_r_s = jnp.where(zero, 1, p), jnp.where(zero, 0, log_p), jnp.where(zero, 0, log_r)
-  return jnp.where(zero, nan_of(log_r), p_s * (log_p_s - log_r_s))
+  p_s, log_r_s = jnp.where(zero, 1, p), jnp.where(zero, 0, log_r)
+  log_p_s = jnp.log(p_s) if log_p is None else jnp.where(zero, 0, log_p)
+  return jnp.where(zero, _nan_of(log_r), p_s * (log_p_s - log_r_s))

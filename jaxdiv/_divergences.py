@@ -29,13 +29,13 @@ from jaxdiv._reduction import Reduction
 
 
 def _log_pair(spec: _core.DivSpec, model: jax.Array, target: jax.Array, ax: int, normalize: bool):
-  """``(p, log p, log q)`` in the compute dtype; ``log p`` finite where ``p = 0`` for a probability target."""
+  """``(p, log p, log q)`` in the compute dtype; ``log p`` is None for a probability target."""
   model, target = v.to_compute(model, target)
   log_q = _kernels.log_softmax(model, ax)[0] if normalize else model
   if spec.teacher_is_log:
     log_p = _kernels.log_softmax(target, ax)[0] if normalize else target
     return jnp.exp(log_p), log_p, log_q
-  return target, jnp.log(jnp.where(target == 0, 1, target)), log_q
+  return target, None, log_q
 
 
 def _pointwise_terms(spec: _core.DivSpec, model, target, ax: int, normalize: bool) -> jax.Array:
@@ -43,6 +43,7 @@ def _pointwise_terms(spec: _core.DivSpec, model, target, ax: int, normalize: boo
   p, log_p, log_q = _log_pair(spec, model, target, ax, normalize)
   if spec.kind == "forward_kl":
     return _core.pointwise_kl(p, log_p, log_q)
+  assert log_p is not None, "the reverse KL and the JSD take log targets"
   q = jnp.exp(log_q)
   if spec.kind == "reverse_kl":
     return _core.pointwise_kl(q, log_q, log_p)
