@@ -175,11 +175,10 @@ def layout(
   h_ndim = jnp.ndim(hidden)
   if token_axis is not None:
     tokens = _spec_axes(token_axis)
-    for a in tokens:
-      axis_size(mesh, a, "token_axis")
-    if n % math.prod(mesh.shape[a] for a in tokens):
-      raise ValueError(f"N = {n} tokens must be divisible by the {math.prod(mesh.shape[a] for a in tokens)} "
-                       f"devices of token_axis={token_axis!r}.")
+    devices = math.prod(axis_size(mesh, a, "token_axis") for a in tokens)
+    if n % devices:
+      raise ValueError(
+          f"N = {n} tokens must be divisible by the {devices} devices of token_axis={token_axis!r}.")
   else:
     # The tokens of [..., D] flatten in order: a split of the leading axis alone is a split of N.
     tokens = axes_of(sh, 0, h_ndim) if h_ndim >= 2 else ()
@@ -291,9 +290,7 @@ def run(
 
 
 # --------------------------------------------------------------------------- #
-# Public functions
-
-
+# Labels, class masks, token weights and side outputs
 # --------------------------------------------------------------------------- #
 
 
