@@ -30,6 +30,7 @@ from jaxdiv._fused_inputs import (
   layout,
   linear_dtypes,
   plan,
+  prepare_labels,
   run,
   token_weights,
 )
@@ -187,13 +188,9 @@ def fused_linear_distillation(
     aux = jax.lax.stop_gradient((th32.astype(dt).reshape(-1, th.shape[-1]), tw, tb32))
     teacher_kind = "hidden"
   user_weights, mask = token_weights(token_shape, weights, token_mask, dt)
-  if labels is not None:
-    ignore_index = _options.ignore_index(ignore_index)
-    y = v.as_integer("labels", labels)
-    if y.shape != token_shape:
-      raise ValueError(f"labels must have the token shape {list(token_shape)}; got {list(y.shape)}.")
-    if ignore_index is not None:
-      mask = mask & (v.wide_labels(y) != ignore_index).reshape(-1)
+  if labels is not None:  # checked, and ignored tokens found, as by fused_linear_cross_entropy
+    y, active, _ = prepare_labels(labels, token_shape, ignore_index, False, None, vocab, dt)
+    mask = mask & active
   user_weights = jnp.where(mask, user_weights, 0)
   h32 = h32.reshape(-1, d)
   if token_mask is not None:  # a masked token's hidden state (NaN included) reaches no value or gradient
@@ -220,7 +217,7 @@ def fused_linear_distillation(
   soft = run(spec, mode, reduction, normalizer, token_shape, h32, w, b32, aux, user_weights, mask,
              where_[0])[0]
   hard = fused_linear_cross_entropy(
-      h32.reshape(*token_shape, d), w, jnp.where(mask.reshape(token_shape), y, 0), bias=b32,
+      h32.reshape(*token_shape, d), w, jnp.where(mask, y, 0).reshape(token_shape), bias=b32,
       weights=user_weights.reshape(token_shape), token_mask=mask.reshape(token_shape), reduction=reduction,
       normalizer=normalizer, mode=mode, token_block=token_block, vocab_block=vocab_block,
       token_axis=token_axis)

@@ -223,8 +223,10 @@ def test_auto_mode_and_argument_errors():
     jaxdiv.fused_linear_cross_entropy(h, w.T, y)
   with pytest.raises(ValueError, match=r"bias must have shape \[V\] = \[384\]"):
     jaxdiv.fused_linear_cross_entropy(h, w, y, bias=b[:-1])
-  with pytest.raises(ValueError, match="labels must have the shape of hidden without its last axis"):
-    jaxdiv.fused_linear_cross_entropy(h, w, y[:-1])
+  for bad_labels in (lambda: jaxdiv.fused_linear_cross_entropy(h, w, y[:-1]),
+                     lambda: jaxdiv.fused_linear_distillation(h, w, h @ w, labels=y[:-1])):
+    with pytest.raises(ValueError, match="labels must have the shape of hidden without its last axis"):
+      bad_labels()
   with pytest.raises(TypeError, match="labels must be an integer array"):
     jaxdiv.fused_linear_cross_entropy(h, w, y.astype(jnp.float32))
   with pytest.raises(ValueError, match="mode must be one of"):
