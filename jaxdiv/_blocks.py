@@ -107,10 +107,6 @@ def _varying(spec: Spec, carry, axes: tuple | None = None):
   return carry if not axes else jax.tree.map(lambda x: jax.lax.pcast(x, axes, to="varying"), carry)
 
 
-def _psum(x, axis):
-  return x if axis is None else jax.lax.psum(x, axis)
-
-
 # --------------------------------------------------------------------------- #
 # Per-row losses on a full block of logits (token schedule)
 # --------------------------------------------------------------------------- #
@@ -192,8 +188,9 @@ def _token_pass(spec: Spec, h, w, b, aux, coef):
   carry = (*_varying(spec, (zeros(()), zeros((n,)), zeros((n,))), _axes(spec.token_axis)),
            *_varying(spec, (zeros((n, d)), zeros((d, v_size)), zeros((v_size,)))))
   total, loss, lse, dh, dw, db = _for_blocks(n, spec.block, body, carry)
-  total = _psum(total, spec.token_axis)
-  dh, dw, db = _psum(dh, spec.axis_name), _psum(dw, spec.token_axis), _psum(db, spec.token_axis)
+  over_tokens = lambda x: _rows.all_reduce(x, "sum", spec.token_axis)
+  total, dw, db = over_tokens(total), over_tokens(dw), over_tokens(db)
+  dh = _rows.all_reduce(dh, "sum", spec.axis_name)
   return (total, loss, lse), (dh, dw, db)
 
 
@@ -318,8 +315,8 @@ def _vocab_bwd(spec, res, ct):
 
   carry = (jnp.zeros((n, d), h.dtype), jnp.zeros((d, v_local), w.dtype), jnp.zeros((v_local,), b.dtype))
   dh, dw, db = _for_blocks(v_local, spec.block, body, _varying(spec, carry))
-  dh = _psum(dh, spec.axis_name)
-  dw, db = _psum(dw, spec.token_axis), _psum(db, spec.token_axis)
+  dh = _rows.all_reduce(dh, "sum", spec.axis_name)
+  dw, db = _rows.all_reduce(dw, "sum", spec.token_axis), _rows.all_reduce(db, "sum", spec.token_axis)
   return dh, dw, db, jax.tree.map(lambda _: None, aux)
 
 
